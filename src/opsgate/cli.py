@@ -1,0 +1,268 @@
+"""`opsgate`: serve, migrate, seed, manage users and tokens, check the policy."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import re
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from opsgate.core import tokens as token_service
+from opsgate.core.actors import Actor, Origin
+from opsgate.core.audit import AuditEntry, AuditResult, record
+from opsgate.core.clock import SystemClock
+from opsgate.core.errors import NotFound
+from opsgate.core.policy import PolicyError, load_policy
+from opsgate.core.request_ids import new_request_id
+from opsgate.core.users import ensure_user, find_user
+from opsgate.db import migrate
+from opsgate.db.engine import Database
+from opsgate.domain import seed as demo_seed
+from opsgate.domain.catalog import build_registry
+from opsgate.settings import get_settings
+
+app = typer.Typer(help="opsgate: the internal control layer for fintech operations.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+demo_app = typer.Typer(help="Demo data.", no_args_is_help=True)
+users_app = typer.Typer(help="Operators and their roles.", no_args_is_help=True)
+tokens_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+policy_app = typer.Typer(help="The policy file.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(demo_app, name="demo")
+app.add_typer(users_app, name="users")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(policy_app, name="policy")
+
+err = Console(stderr=True)
+_DURATION = re.compile(r"^(\d+)([mhd])$")
+
+
+def _cli_actor() -> Actor:
+    # Commands run by someone with shell access to the server; the OS user is the best
+    # identity available, and it is copied into the audit record.
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = "unknown"
+    return Actor(id=f"cli:{name}", name=f"{name} (cli)", roles=frozenset())
+
+
+def _database() -> Database:
+    return Database(get_settings().database_url)
+
+
+def _policy_version() -> str | None:
+    try:
+        return load_policy(get_settings().policy, build_registry()).version
+    except PolicyError:
+        return None
+
+
+def _parse_duration(value: str) -> timedelta:
+    match = _DURATION.match(value.strip())
+    if not match:
+        raise typer.BadParameter("use a number and a unit: 30m, 12h or 90d")
+    amount, unit = int(match.group(1)), match.group(2)
+    delta = {"m": timedelta(minutes=amount), "h": timedelta(hours=amount),
+             "d": timedelta(days=amount)}[unit]
+    if not timedelta(minutes=1) <= delta <= timedelta(days=365):
+        raise typer.BadParameter("between 1m and 365d")
+    return delta
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Serve the API (and console) with uvicorn."""
+    import uvicorn
+
+    settings = get_settings()
+    try:
+        load_policy(settings.policy, build_registry())
+    except PolicyError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    uvicorn.run(
+        "opsgate.web.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,
+        log_level=settings.log_level.lower(),
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Migrate the database (OPSGATE_DATABASE_URL) to the latest schema."""
+    migrate.upgrade(get_settings().database_url, revision)
+    err.print(f"database migrated to {revision}")
+
+
+@demo_app.command("seed")
+def demo_seed_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the created records as JSON.")] = False,
+    with_tokens: Annotated[bool, typer.Option("--tokens", help="Issue a 7-day token per demo user.")] = False,
+) -> None:
+    """Create demo users and data (200 customers, 300 accounts, 1,000 payments)."""
+    db = _database()
+    clock = SystemClock()
+    issued: list[tuple[str, str, str]] = []
+    with db.writing() as session:
+        summary = demo_seed.seed(session, now=clock.now())
+        if with_tokens:
+            for entry in summary.users:
+                user = find_user(session, entry["username"])
+                assert user is not None
+                token = token_service.issue_token(
+                    session, user, name="demo", now=clock.now(), ttl=timedelta(days=7)
+                )
+                _audit_credential(session, "token.create", user.id, token.id)
+                issued.append((user.username, ",".join(entry["roles"]), token.secret))
+        session.commit()
+    db.dispose()
+    if as_json:
+        sys.stdout.write(json.dumps(summary.as_json()) + "\n")
+        return
+    table = Table(title="demo users", show_lines=False)
+    table.add_column("username")
+    table.add_column("name")
+    table.add_column("roles")
+    for entry in summary.users:
+        table.add_row(entry["username"], entry["name"], ", ".join(entry["roles"]))
+    Console().print(table)
+    if issued:
+        typer.echo("API tokens (valid 7 days, shown once):")
+        for username, _, secret in issued:
+            typer.echo(f"  {username:<8} {secret}")
+    if summary.skipped:
+        err.print("demo data already present: customers, accounts and payments left as they are")
+    else:
+        err.print(f"created {len(summary.customers)} customers, {len(summary.accounts)} accounts, "
+                  f"{len(summary.payments)} payments")
+
+
+@users_app.command("create")
+def users_create(
+    username: str,
+    role: Annotated[list[str], typer.Option("--role", help="A role from the policy; repeatable.")],
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+) -> None:
+    """Create an operator with one or more roles."""
+    policy = load_policy(get_settings().policy, build_registry())
+    unknown = sorted(set(role) - set(policy.roles()))
+    if unknown:
+        raise typer.BadParameter(f"unknown role(s) {', '.join(unknown)}; known: "
+                                 f"{', '.join(policy.roles())}", param_hint="--role")
+    db = _database()
+    now = SystemClock().now()
+    with db.writing() as session:
+        if find_user(session, username) is not None:
+            err.print(f"[red]user {username} already exists[/red]")
+            raise typer.Exit(1)
+        try:
+            user = ensure_user(session, username, name or username, tuple(role), now=now)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="USERNAME") from exc
+        _audit_credential(session, "user.create", user.id, None, {"roles": sorted(role)})
+        session.commit()
+        typer.echo(user.id)
+    db.dispose()
+
+
+@tokens_app.command("create")
+def tokens_create(
+    username: str,
+    expires_in: Annotated[str | None, typer.Option(help="Lifetime: 30m, 12h, 90d.")] = None,
+    name: Annotated[str, typer.Option(help="What the token is for.")] = "cli",
+) -> None:
+    """Issue an API token for USERNAME. The token is the last line of output, shown once."""
+    ttl = _parse_duration(expires_in) if expires_in else timedelta(
+        days=get_settings().token_default_ttl_days
+    )
+    db = _database()
+    now = SystemClock().now()
+    with db.writing() as session:
+        user = find_user(session, username)
+        if user is None or not user.is_active:
+            err.print(f"[red]no active user {username}[/red]")
+            raise typer.Exit(1)
+        token = token_service.issue_token(session, user, name=name, now=now, ttl=ttl)
+        _audit_credential(session, "token.create", user.id, token.id)
+        session.commit()
+    db.dispose()
+    err.print(f"token {token.id} for {username}, expires {token.expires_at.isoformat()}")
+    typer.echo(token.secret)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: str) -> None:
+    """Revoke a token by its ID (tok_…); effective on the next request."""
+    db = _database()
+    now = SystemClock().now()
+    with db.writing() as session:
+        try:
+            token = token_service.revoke_token(session, token_id, now=now)
+        except NotFound as exc:
+            err.print(f"[red]{exc.detail}[/red]")
+            raise typer.Exit(1) from exc
+        _audit_credential(session, "token.revoke", token.user_id, token.id)
+        session.commit()
+    db.dispose()
+    err.print(f"token {token_id} revoked")
+
+
+@policy_app.command("check")
+def policy_check(
+    file: Annotated[Path | None, typer.Argument(help="Policy file (default: OPSGATE_POLICY).")] = None,
+) -> None:
+    """Validate a policy file against the registered actions; print its version."""
+    path = file or get_settings().policy
+    try:
+        policy = load_policy(path, build_registry())
+    except PolicyError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    typer.echo(f"policy {path} is valid; version {policy.version}")
+
+
+def _audit_credential(
+    session: object, action: str, user_id: str, token_id: str | None,
+    parameters: dict[str, object] | None = None,
+) -> None:
+    from sqlalchemy.orm import Session
+
+    assert isinstance(session, Session)
+    record(
+        session,
+        AuditEntry(
+            action=action,
+            result=AuditResult.SUCCEEDED,
+            target=f"user:{user_id}",
+            parameters={"token_id": token_id, **(parameters or {})} if token_id else parameters,
+        ),
+        actor=_cli_actor(),
+        origin=Origin(request_id=new_request_id(), ip=None, user_agent="opsgate-cli"),
+        policy_version=_policy_version(),
+        now=SystemClock().now(),
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The control layer: registry, policy, gateway, audit. No web framework imports here."""

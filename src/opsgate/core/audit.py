@@ -1,0 +1,88 @@
+"""Writing the audit trail. Only the control layer calls `record`; handlers never do.
+
+A record is added to the caller's session, so that it commits, or rolls back, together with
+the change it describes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from opsgate.core.actors import Actor, Origin
+from opsgate.core.ids import new_id
+from opsgate.db.models import AuditRecord
+
+
+class AuditResult(StrEnum):
+    """What happened, as recorded. `denied`: authentication or permission refused;
+    `invalid`: the request itself was malformed (action, payload or target)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DENIED = "denied"
+    INVALID = "invalid"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """The fields of one audit record, gathered before it is written."""
+
+    action: str
+    result: AuditResult
+    target: str | None = None
+    parameters: Mapping[str, Any] | None = None
+    reason: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    before: Mapping[str, Any] | None = None
+    after: Mapping[str, Any] | None = None
+    outcome: Mapping[str, Any] | None = None
+
+
+def json_safe(value: Any) -> Any:
+    """Return `value` as plain JSON types (dates become ISO strings)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def record(
+    session: Session,
+    entry: AuditEntry,
+    *,
+    actor: Actor | None,
+    origin: Origin,
+    policy_version: str | None,
+    now: datetime,
+) -> AuditRecord:
+    """Add one audit record to `session` (flushed, not committed) and return it."""
+    row = AuditRecord(
+        id=new_id("aud"),
+        occurred_at=now,
+        request_id=origin.request_id,
+        actor_id=actor.id if actor else None,
+        actor_name=actor.name if actor else None,
+        actor_roles=sorted(actor.roles) if actor else None,
+        credential_id=actor.credential_id if actor else None,
+        origin_ip=origin.ip,
+        user_agent=origin.user_agent[:512] if origin.user_agent else None,
+        action=entry.action[:128],
+        target=entry.target[:200] if entry.target else None,
+        parameters=json_safe(entry.parameters) if entry.parameters is not None else None,
+        reason=entry.reason,
+        result=entry.result.value,
+        error_code=entry.error_code,
+        error_message=entry.error_message,
+        before=json_safe(entry.before) if entry.before is not None else None,
+        after=json_safe(entry.after) if entry.after is not None else None,
+        outcome=json_safe(entry.outcome) if entry.outcome is not None else None,
+        policy_version=policy_version,
+    )
+    session.add(row)
+    session.flush()
+    return row

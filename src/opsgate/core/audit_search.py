@@ -1,0 +1,104 @@
+"""Searching the audit trail: filters over indexed columns, newest first, cursor pages."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from opsgate.core.errors import InvalidPayload
+from opsgate.db.models import AuditRecord
+
+MAX_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    actor: str | None = None
+    action: str | None = None
+    target: str | None = None
+    request_id: str | None = None
+    result: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    items: list[AuditRecord]
+    next_cursor: str | None
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """Return the sequence number a cursor points below; raise InvalidPayload if malformed."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("s"):
+            raise ValueError(raw)
+        return int(raw[1:])
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidPayload(
+            "The cursor is not one this API issued.", errors=[{"loc": ["query", "cursor"]}]
+        ) from exc
+
+
+def search(session: Session, where: AuditFilter, *, cursor: str | None, limit: int) -> AuditPage:
+    """One page of records matching every given filter, newest first."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidPayload(f"limit must be between 1 and {MAX_LIMIT}.")
+    stmt = select(AuditRecord)
+    if where.actor:
+        stmt = stmt.where(AuditRecord.actor_id == where.actor)
+    if where.action:
+        stmt = stmt.where(AuditRecord.action == where.action)
+    if where.target:
+        stmt = stmt.where(AuditRecord.target == where.target)
+    if where.request_id:
+        stmt = stmt.where(AuditRecord.request_id == where.request_id)
+    if where.result:
+        stmt = stmt.where(AuditRecord.result == where.result)
+    if where.since:
+        stmt = stmt.where(AuditRecord.occurred_at >= where.since)
+    if where.until:
+        stmt = stmt.where(AuditRecord.occurred_at < where.until)
+    if cursor:
+        stmt = stmt.where(AuditRecord.seq < decode_cursor(cursor))
+    rows = list(session.scalars(stmt.order_by(AuditRecord.seq.desc()).limit(limit + 1)))
+    next_cursor = encode_cursor(rows[limit - 1].seq) if len(rows) > limit else None
+    return AuditPage(items=rows[:limit], next_cursor=next_cursor)
+
+
+def as_dict(row: AuditRecord) -> dict[str, Any]:
+    """The public JSON form of an audit record."""
+    return {
+        "id": row.id,
+        "seq": row.seq,
+        "occurred_at": row.occurred_at.isoformat(),
+        "request_id": row.request_id,
+        "actor": {"id": row.actor_id, "name": row.actor_name, "roles": row.actor_roles}
+        if row.actor_id
+        else None,
+        "credential_id": row.credential_id,
+        "origin": {"ip": row.origin_ip, "user_agent": row.user_agent},
+        "action": row.action,
+        "target": row.target,
+        "parameters": row.parameters,
+        "reason": row.reason,
+        "result": row.result,
+        "error": {"code": row.error_code, "message": row.error_message}
+        if row.error_code
+        else None,
+        "before": row.before,
+        "after": row.after,
+        "outcome": row.outcome,
+        "policy_version": row.policy_version,
+    }

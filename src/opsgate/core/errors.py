@@ -1,0 +1,98 @@
+"""Typed errors of the control layer and the problem codes they map to.
+
+Every refusal the gateway can give is one of these classes; the web layer turns them into
+RFC 9457 problem responses without knowing anything about their causes.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ProblemCode(StrEnum):
+    """Machine-readable `code` of a problem response (DESIGN.md, JSON API contract)."""
+
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    UNKNOWN_ACTION = "unknown_action"
+    TARGET_NOT_FOUND = "target_not_found"
+    INVALID_PAYLOAD = "invalid_payload"
+    DOMAIN_REJECTED = "domain_rejected"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    INTERNAL_ERROR = "internal_error"
+
+
+class OpsgateError(Exception):
+    """Base of every refusal the control layer reports to a caller."""
+
+    code: ProblemCode = ProblemCode.INTERNAL_ERROR
+    status: int = 500
+    title: str = "Internal error"
+
+    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+
+
+class Unauthenticated(OpsgateError):
+    code = ProblemCode.UNAUTHENTICATED
+    status = 401
+    title = "Authentication required"
+
+
+class Forbidden(OpsgateError):
+    code = ProblemCode.FORBIDDEN
+    status = 403
+    title = "Not permitted"
+
+
+class UnknownAction(OpsgateError):
+    code = ProblemCode.UNKNOWN_ACTION
+    status = 404
+    title = "Unknown action"
+
+
+class TargetNotFound(OpsgateError):
+    code = ProblemCode.TARGET_NOT_FOUND
+    status = 404
+    title = "Target not found"
+
+
+class InvalidPayload(OpsgateError):
+    code = ProblemCode.INVALID_PAYLOAD
+    status = 422
+    title = "Invalid request"
+
+
+class DomainRejected(OpsgateError):
+    """A handler refused the action on business grounds (its effects were rolled back)."""
+
+    code = ProblemCode.DOMAIN_REJECTED
+    status = 409
+    title = "Refused by the domain"
+
+    def __init__(self, detail: str, *, reason: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class NotFound(OpsgateError):
+    code = ProblemCode.NOT_FOUND
+    status = 404
+    title = "Not found"
+
+
+class DomainError(Exception):
+    """Raised by handlers for a business refusal; `reason` is a stable snake_case identifier.
+
+    The gateway rolls the handler's effects back, audits the refusal and reports it as
+    `domain_rejected`.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message

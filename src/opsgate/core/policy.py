@@ -1,0 +1,165 @@
+"""Policy as code: one TOML file says who may do what. Deny is the default.
+
+The file is validated against the action registry at start-up; any mistake stops the
+process with a message naming its place. The policy's version is the SHA-256 of its
+canonical form (keys sorted, role lists sorted), so reformatting or reordering the file does
+not change it, while any change of meaning does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from opsgate.core.registry import Registry
+
+_ROLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+class Capability(StrEnum):
+    """Things a role may do that are not actions on a target."""
+
+    AUDIT_READ = "audit.read"
+    RECORDS_SEARCH = "records.search"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _sorted_unique(values: list[str]) -> list[str]:
+    return sorted(set(values))
+
+
+class RoleEntry(_Strict):
+    description: str = Field(min_length=1)
+
+
+class ActionEntry(_Strict):
+    """Policy for one action. Later controls (approval, limits) get their own keys here."""
+
+    allow: list[str] = Field(description="roles that may start the action")
+
+    _normalise = field_validator("allow")(_sorted_unique)
+
+
+class CapabilityEntry(_Strict):
+    allow: list[str]
+
+    _normalise = field_validator("allow")(_sorted_unique)
+
+
+class PolicyDocument(_Strict):
+    roles: dict[str, RoleEntry]
+    actions: dict[str, ActionEntry]
+    capabilities: dict[str, CapabilityEntry]
+
+
+class PolicyError(Exception):
+    """The policy file cannot be used. `problems` lists each mistake with its place."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"policy {source} is invalid:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A validated policy. Ask it; never read `document` to make a decision elsewhere."""
+
+    document: PolicyDocument
+    version: str
+    source: str
+
+    def may_start(self, roles: frozenset[str], action: str) -> bool:
+        """True when any of `roles` is allowed to start `action`; False for unknown actions."""
+        entry = self.document.actions.get(action)
+        return entry is not None and not roles.isdisjoint(entry.allow)
+
+    def has(self, roles: frozenset[str], capability: Capability) -> bool:
+        """True when any of `roles` holds `capability`."""
+        entry = self.document.capabilities.get(capability)
+        return entry is not None and not roles.isdisjoint(entry.allow)
+
+    def roles(self) -> list[str]:
+        return sorted(self.document.roles)
+
+    def allowed_roles(self, action: str) -> list[str]:
+        entry = self.document.actions.get(action)
+        return list(entry.allow) if entry else []
+
+
+def canonical_json(value: Any) -> str:
+    """The canonical JSON text used for hashing: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _place(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def parse_policy(text: str, registry: Registry, *, source: str = "<policy>") -> Policy:
+    """Validate policy text against `registry`; raise PolicyError listing every problem."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(source, [f"not valid TOML: {exc}"]) from exc
+    try:
+        document = PolicyDocument.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+            problems.append(f"{_place(error['loc'])}: {message}")
+        raise PolicyError(source, problems) from exc
+
+    problems = _cross_check(document, registry)
+    if problems:
+        raise PolicyError(source, problems)
+    version = hashlib.sha256(canonical_json(document.model_dump(mode="json")).encode()).hexdigest()
+    return Policy(document=document, version=version, source=source)
+
+
+def load_policy(path: Path, registry: Registry) -> Policy:
+    """Read and validate the policy file at `path`; raise PolicyError on any problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(str(path), [f"cannot read: {exc.strerror}"]) from exc
+    return parse_policy(text, registry, source=str(path))
+
+
+def _cross_check(document: PolicyDocument, registry: Registry) -> list[str]:
+    problems = []
+    roles = set(document.roles)
+    for role in sorted(roles):
+        if not _ROLE_NAME.match(role):
+            problems.append(f"roles.{role}: role names are lower snake case")
+    for name, action_entry in sorted(document.actions.items()):
+        if registry.get(name) is None:
+            problems.append(f"actions.{name}: no such action is registered")
+        problems += _unknown_roles(f"actions.{name}.allow", action_entry.allow, roles)
+    for name in registry.names():
+        if name not in document.actions:
+            problems.append(f"actions.{name}: registered action has no policy entry")
+    known_capabilities = {c.value for c in Capability}
+    for name, cap_entry in sorted(document.capabilities.items()):
+        if name not in known_capabilities:
+            problems.append(f"capabilities.{name}: no such capability")
+        problems += _unknown_roles(f"capabilities.{name}.allow", cap_entry.allow, roles)
+    for name in sorted(known_capabilities - set(document.capabilities)):
+        problems.append(f"capabilities.{name}: capability has no policy entry")
+    return problems
+
+
+def _unknown_roles(place: str, names: list[str], roles: set[str]) -> list[str]:
+    return [f"{place}: unknown role {name!r}" for name in names if name not in roles]

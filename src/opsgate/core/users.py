@@ -1,0 +1,39 @@
+"""People: creating users and changing their roles (CLI and seed; later, governed actions)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from opsgate.core.ids import new_id
+from opsgate.db.models import User, UserRole
+
+_USERNAME = re.compile(r"^[a-z][a-z0-9._-]{1,63}$")
+
+
+def find_user(session: Session, username: str) -> User | None:
+    return session.scalars(select(User).where(User.username == username)).one_or_none()
+
+
+def ensure_user(
+    session: Session, username: str, display_name: str, roles: tuple[str, ...], *, now: datetime
+) -> User:
+    """Return the user named `username`, creating it with `roles` when it does not exist."""
+    if not _USERNAME.match(username):
+        raise ValueError("usernames are 2-64 characters of a-z, 0-9, '.', '_' or '-'")
+    user = find_user(session, username)
+    if user is None:
+        user = User(
+            id=new_id("usr"),
+            username=username,
+            display_name=display_name,
+            is_active=True,
+            created_at=now,
+            roles=[UserRole(role=role, granted_at=now) for role in sorted(set(roles))],
+        )
+        session.add(user)
+        session.flush()
+    return user

@@ -1,0 +1,36 @@
+"""Alembic environment: migrates the database named in the Alembic config's URL."""
+
+from __future__ import annotations
+
+from alembic import context
+
+import opsgate.db.models  # noqa: F401  (registers the control-layer tables)
+import opsgate.domain.models  # noqa: F401  (registers the demo tables)
+from opsgate.db.base import Base
+from opsgate.db.engine import make_engine
+
+target_metadata = Base.metadata
+
+
+def run_migrations() -> None:
+    url = context.config.get_main_option("sqlalchemy.url")
+    assert url, "sqlalchemy.url must be set"
+    if context.is_offline_mode():
+        context.configure(url=url, target_metadata=target_metadata, literal_binds=True)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+run_migrations()

@@ -1,0 +1,126 @@
+"""The demo's actions. Each is a plain handler plus its declaration; the control layer does
+permission, validation, target lookup, transactions and audit (docs/adding-an-action.md)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from opsgate.core.errors import DomainError
+from opsgate.core.ids import new_id
+from opsgate.core.registry import ActionContext, ActionSpec, Outcome, Payload, RiskClass
+from opsgate.domain import kyc
+from opsgate.domain.models import Account, AccountStatus, Customer, CustomerStatus, Note
+
+# --- customer.add_note -------------------------------------------------------------------
+
+
+class AddNote(Payload):
+    text: Annotated[str, Field(min_length=1, max_length=4000, description="The note, as written")]
+
+
+def add_note(ctx: ActionContext, customer: Customer, payload: AddNote) -> Outcome:
+    note = Note(
+        id=new_id("not"),
+        customer_id=customer.id,
+        author_id=ctx.actor.id,
+        author_name=ctx.actor.name,
+        text=payload.text,
+        created_at=ctx.now,
+    )
+    ctx.session.add(note)
+    return Outcome({"note_id": note.id, "customer_id": customer.id})
+
+
+# --- account.block / account.unblock -----------------------------------------------------
+
+BlockReason = Literal[
+    "fraud_suspected", "customer_request", "compliance_hold", "chargeback_risk", "lost_or_stolen"
+]
+
+
+class BlockAccount(Payload):
+    reason_code: BlockReason = Field(description="Why the account is blocked")
+
+
+def block_account(ctx: ActionContext, account: Account, payload: BlockAccount) -> Outcome:
+    if account.status == AccountStatus.BLOCKED:
+        raise DomainError(
+            "account_already_blocked",
+            f"Account {account.id} is already blocked ({account.blocked_reason}).",
+        )
+    account.status = AccountStatus.BLOCKED
+    account.blocked_reason = payload.reason_code
+    return Outcome({"account_id": account.id, "status": account.status})
+
+
+class UnblockAccount(Payload):
+    pass
+
+
+def unblock_account(ctx: ActionContext, account: Account, payload: UnblockAccount) -> Outcome:
+    if account.status != AccountStatus.BLOCKED:
+        raise DomainError("account_not_blocked", f"Account {account.id} is not blocked.")
+    account.status = AccountStatus.ACTIVE
+    account.blocked_reason = None
+    return Outcome({"account_id": account.id, "status": account.status})
+
+
+# --- kyc.rerun_check ---------------------------------------------------------------------
+
+
+class RerunKyc(Payload):
+    pass
+
+
+def rerun_kyc(ctx: ActionContext, customer: Customer, payload: RerunKyc) -> Outcome:
+    if customer.status == CustomerStatus.CLOSED:
+        raise DomainError("customer_closed", f"Customer {customer.id} is closed.")
+    screening = kyc.screen(customer)
+    customer.kyc_status = screening.status
+    customer.kyc_checked_at = ctx.now
+    customer.kyc_check_count += 1
+    return Outcome(
+        {"customer_id": customer.id, "kyc_status": screening.status, "findings": screening.findings}
+    )
+
+
+ACTIONS = (
+    ActionSpec(
+        name="customer.add_note",
+        label="Add a note",
+        description="Attach an internal note to the customer's record.",
+        risk=RiskClass.WRITE,
+        target_kind="customer",
+        payload_model=AddNote,
+        handler=add_note,
+    ),
+    ActionSpec(
+        name="account.block",
+        label="Block account",
+        description="Stop all money movement on the account until it is unblocked.",
+        risk=RiskClass.WRITE,
+        target_kind="account",
+        payload_model=BlockAccount,
+        handler=block_account,
+    ),
+    ActionSpec(
+        name="account.unblock",
+        label="Unblock account",
+        description="Allow money movement on a blocked account again.",
+        risk=RiskClass.WRITE,
+        target_kind="account",
+        payload_model=UnblockAccount,
+        handler=unblock_account,
+    ),
+    ActionSpec(
+        name="kyc.rerun_check",
+        label="Re-run KYC check",
+        description="Screen the customer again against the identity and watchlist rules.",
+        risk=RiskClass.WRITE,
+        target_kind="customer",
+        payload_model=RerunKyc,
+        handler=rerun_kyc,
+    ),
+)

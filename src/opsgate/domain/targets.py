@@ -1,0 +1,70 @@
+"""Target kinds of the demo backend: how to find each and which state is worth recording."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from opsgate.core.registry import TargetKind
+from opsgate.domain.models import Account, AccountKind, Customer, Payment
+
+
+def _load_customer(session: Session, ident: str, lock: bool) -> Customer | None:
+    stmt = select(Customer).where(Customer.id == ident)
+    return session.scalars(stmt.with_for_update() if lock else stmt).one_or_none()
+
+
+def _load_account(session: Session, ident: str, lock: bool) -> Account | None:
+    # System accounts (settlement, adjustments) are not operator targets.
+    stmt = select(Account).where(Account.id == ident, Account.kind == AccountKind.CUSTOMER)
+    return session.scalars(stmt.with_for_update() if lock else stmt).one_or_none()
+
+
+def _load_payment(session: Session, ident: str, lock: bool) -> Payment | None:
+    stmt = select(Payment).where(Payment.id == ident)
+    return session.scalars(stmt.with_for_update() if lock else stmt).one_or_none()
+
+
+def customer_state(c: Customer) -> dict[str, Any]:
+    # No email, phone or name here: snapshots go to the audit trail, PII does not.
+    return {
+        "id": c.id,
+        "status": c.status,
+        "kyc_status": c.kyc_status,
+        "kyc_checked_at": c.kyc_checked_at.isoformat() if c.kyc_checked_at else None,
+        "version": c.version,
+    }
+
+
+def account_state(a: Account) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "customer_id": a.customer_id,
+        "status": a.status,
+        "blocked_reason": a.blocked_reason,
+        "currency": a.currency,
+        "balance_minor": a.balance_minor,
+        "version": a.version,
+    }
+
+
+def payment_state(p: Payment) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "account_id": p.account_id,
+        "direction": p.direction,
+        "method": p.method,
+        "amount_minor": p.amount_minor,
+        "currency": p.currency,
+        "status": p.status,
+        "version": p.version,
+    }
+
+
+TARGET_KINDS = (
+    TargetKind("customer", _load_customer, customer_state),
+    TargetKind("account", _load_account, account_state),
+    TargetKind("payment", _load_payment, payment_state),
+)

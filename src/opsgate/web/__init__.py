@@ -1,0 +1,1 @@
+"""HTTP: middleware, authentication, the JSON API (and, later, the console)."""

@@ -1,0 +1,84 @@
+"""FastAPI dependencies: the services, the caller's origin and the authenticated actor."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from opsgate.core import tokens
+from opsgate.core.actors import Actor, Origin
+from opsgate.core.audit import AuditEntry, AuditResult
+from opsgate.core.errors import Forbidden, Unauthenticated
+from opsgate.core.policy import Capability
+from opsgate.web.services import Services
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_origin(request: Request) -> Origin:
+    return Origin(
+        request_id=str(request.scope["state"]["request_id"]),
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+    )
+
+
+OriginDep = Annotated[Origin, Depends(get_origin)]
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    return secret.strip() or None if scheme.lower() == "bearer" else None
+
+
+def get_actor(request: Request, services: ServicesDep, origin: OriginDep) -> Actor:
+    """Authenticate the bearer token; an unknown, expired or revoked one is audited and 401."""
+    now = services.clock.now()
+    try:
+        with services.db.reading() as session:
+            auth = tokens.authenticate(session, _bearer(request), now=now)
+    except Unauthenticated as exc:
+        services.gateway.audit_refusal(
+            exc,
+            AuditEntry(
+                action="auth.token",
+                result=AuditResult.DENIED,
+                parameters={"method": request.method, "path": request.url.path},
+            ),
+            None,
+            origin,
+        )
+        raise
+    if auth.needs_touch and auth.actor.credential_id:
+        with services.db.writing() as session:
+            tokens.touch(session, auth.actor.credential_id, now=now)
+            session.commit()
+    request.scope["state"]["actor_id"] = auth.actor.id
+    return auth.actor
+
+
+CurrentActor = Annotated[Actor, Depends(get_actor)]
+
+
+def require(
+    capability: Capability,
+) -> object:
+    """A dependency that lets the request through only when the actor holds `capability`."""
+
+    def check(actor: CurrentActor, services: ServicesDep, origin: OriginDep) -> Actor:
+        if not services.policy.has(actor.roles, capability):
+            error = Forbidden(f"Your roles do not include {capability}.")
+            services.gateway.audit_refusal(
+                error, AuditEntry(action=str(capability), result=AuditResult.DENIED), actor, origin
+            )
+            raise error
+        return actor
+
+    return Depends(check)

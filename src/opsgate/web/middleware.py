@@ -1,0 +1,70 @@
+"""Request context: the request ID, the log context and the access log line.
+
+A pure ASGI middleware (no response buffering). It is the outermost opsgate layer, so it also
+turns an unhandled exception into a problem response that still carries the request ID.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from opsgate.core.errors import ProblemCode
+from opsgate.core.request_ids import accept_or_new
+from opsgate.web.problems import problem
+
+log = structlog.get_logger("opsgate.http")
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = accept_or_new(Headers(scope=scope).get("x-request-id"))
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        response_started = False
+        status = 500
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal response_started, status
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_request_id)
+        except Exception:
+            log.exception("unhandled_error", path=scope["path"])
+            if response_started:
+                raise
+            response = problem(
+                status=500,
+                code=ProblemCode.INTERNAL_ERROR,
+                title="Internal error",
+                detail="The server failed to complete the request; quote the request ID.",
+                request_id=request_id,
+            )
+            await response(scope, receive, send_with_request_id)
+        finally:
+            log.info(
+                "http_request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                actor=state.get("actor_id"),
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
