@@ -28,8 +28,11 @@ from opsgate.domain import seed as demo_seed
 from opsgate.domain.catalog import build_registry
 from opsgate.settings import get_settings
 
-app = typer.Typer(help="opsgate: the internal control layer for fintech operations.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="opsgate: the internal control layer for fintech operations.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 demo_app = typer.Typer(help="Demo data.", no_args_is_help=True)
 users_app = typer.Typer(help="Operators and their roles.", no_args_is_help=True)
@@ -71,8 +74,11 @@ def _parse_duration(value: str) -> timedelta:
     if not match:
         raise typer.BadParameter("use a number and a unit: 30m, 12h or 90d")
     amount, unit = int(match.group(1)), match.group(2)
-    delta = {"m": timedelta(minutes=amount), "h": timedelta(hours=amount),
-             "d": timedelta(days=amount)}[unit]
+    delta = {
+        "m": timedelta(minutes=amount),
+        "h": timedelta(hours=amount),
+        "d": timedelta(days=amount),
+    }[unit]
     if not timedelta(minutes=1) <= delta <= timedelta(days=365):
         raise typer.BadParameter("between 1m and 365d")
     return delta
@@ -113,8 +119,12 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
 
 @demo_app.command("seed")
 def demo_seed_command(
-    as_json: Annotated[bool, typer.Option("--json", help="Print the created records as JSON.")] = False,
-    with_tokens: Annotated[bool, typer.Option("--tokens", help="Issue a 7-day token per demo user.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the created records as JSON.")
+    ] = False,
+    with_tokens: Annotated[
+        bool, typer.Option("--tokens", help="Issue a 7-day token per demo user.")
+    ] = False,
 ) -> None:
     """Create demo users and data (200 customers, 300 accounts, 1,000 payments)."""
     db = _database()
@@ -150,8 +160,10 @@ def demo_seed_command(
     if summary.skipped:
         err.print("demo data already present: customers, accounts and payments left as they are")
     else:
-        err.print(f"created {len(summary.customers)} customers, {len(summary.accounts)} accounts, "
-                  f"{len(summary.payments)} payments")
+        err.print(
+            f"created {len(summary.customers)} customers, {len(summary.accounts)} accounts, "
+            f"{len(summary.payments)} payments"
+        )
 
 
 @users_app.command("create")
@@ -164,8 +176,10 @@ def users_create(
     policy = load_policy(get_settings().policy, build_registry())
     unknown = sorted(set(role) - set(policy.roles()))
     if unknown:
-        raise typer.BadParameter(f"unknown role(s) {', '.join(unknown)}; known: "
-                                 f"{', '.join(policy.roles())}", param_hint="--role")
+        raise typer.BadParameter(
+            f"unknown role(s) {', '.join(unknown)}; known: {', '.join(policy.roles())}",
+            param_hint="--role",
+        )
     db = _database()
     now = SystemClock().now()
     with db.writing() as session:
@@ -189,8 +203,10 @@ def tokens_create(
     name: Annotated[str, typer.Option(help="What the token is for.")] = "cli",
 ) -> None:
     """Issue an API token for USERNAME. The token is the last line of output, shown once."""
-    ttl = _parse_duration(expires_in) if expires_in else timedelta(
-        days=get_settings().token_default_ttl_days
+    ttl = (
+        _parse_duration(expires_in)
+        if expires_in
+        else timedelta(days=get_settings().token_default_ttl_days)
     )
     db = _database()
     now = SystemClock().now()
@@ -226,7 +242,9 @@ def tokens_revoke(token_id: str) -> None:
 
 @policy_app.command("check")
 def policy_check(
-    file: Annotated[Path | None, typer.Argument(help="Policy file (default: OPSGATE_POLICY).")] = None,
+    file: Annotated[
+        Path | None, typer.Argument(help="Policy file (default: OPSGATE_POLICY).")
+    ] = None,
 ) -> None:
     """Validate a policy file against the registered actions; print its version."""
     path = file or get_settings().policy
@@ -239,7 +257,10 @@ def policy_check(
 
 
 def _audit_credential(
-    session: object, action: str, user_id: str, token_id: str | None,
+    session: object,
+    action: str,
+    user_id: str,
+    token_id: str | None,
     parameters: dict[str, object] | None = None,
 ) -> None:
     from sqlalchemy.orm import Session

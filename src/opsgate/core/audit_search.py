@@ -94,9 +94,7 @@ def as_dict(row: AuditRecord) -> dict[str, Any]:
         "parameters": row.parameters,
         "reason": row.reason,
         "result": row.result,
-        "error": {"code": row.error_code, "message": row.error_message}
-        if row.error_code
-        else None,
+        "error": {"code": row.error_code, "message": row.error_message} if row.error_code else None,
         "before": row.before,
         "after": row.after,
         "outcome": row.outcome,

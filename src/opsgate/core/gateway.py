@@ -109,7 +109,9 @@ class Gateway:
     def _validate(
         self, spec: ActionSpec, body: bytes | Mapping[str, Any], actor: Actor, origin: Origin
     ) -> tuple[ActionEnvelope, TargetRef, BaseModel]:
-        def invalid(detail: str, errors: list[dict[str, Any]], target: str | None = None) -> NoReturn:
+        def invalid(
+            detail: str, errors: list[dict[str, Any]], target: str | None = None
+        ) -> NoReturn:
             self._refuse(
                 InvalidPayload(detail, errors=errors),
                 AuditEntry(action=spec.name, result=AuditResult.INVALID, target=target),

@@ -134,7 +134,9 @@ class Registry:
         if spec.name in self._actions:
             raise RegistryError(f"action {spec.name!r} is registered twice")
         if spec.target_kind not in self._kinds:
-            raise RegistryError(f"action {spec.name!r} names unknown target kind {spec.target_kind!r}")
+            raise RegistryError(
+                f"action {spec.name!r} names unknown target kind {spec.target_kind!r}"
+            )
         if spec.payload_model.model_config.get("extra") != "forbid":
             raise RegistryError(f"action {spec.name!r}: payload model must forbid extra fields")
         self._actions[spec.name] = spec

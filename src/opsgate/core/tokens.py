@@ -15,7 +15,7 @@ from opsgate.core.errors import NotFound, Unauthenticated
 from opsgate.core.ids import new_id
 from opsgate.db.models import ApiToken, User
 
-TOKEN_PREFIX = "ogt_"
+TOKEN_PREFIX = "ogt_"  # noqa: S105  (a public prefix, not a secret)
 # last_used_at is a hint for humans reviewing tokens, not an exact counter: writing it on
 # every request would turn every read into a write, so it is refreshed at most this often.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -105,8 +105,7 @@ def touch(session: Session, token_id: str, *, now: datetime) -> None:
         update(ApiToken)
         .where(ApiToken.id == token_id)
         .where(
-            (ApiToken.last_used_at.is_(None))
-            | (ApiToken.last_used_at < now - LAST_USED_RESOLUTION)
+            (ApiToken.last_used_at.is_(None)) | (ApiToken.last_used_at < now - LAST_USED_RESOLUTION)
         )
         .values(last_used_at=now)
     )

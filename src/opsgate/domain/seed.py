@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from opsgate.core.ids import new_id
+from opsgate.core.users import ensure_user
 from opsgate.db.models import User
 from opsgate.domain.models import (
     Account,
@@ -30,22 +31,106 @@ from opsgate.domain.models import (
     PaymentDirection,
     PaymentMethod,
 )
-from opsgate.core.users import ensure_user
 
-FIRST = (
-    "Olivia Liam Emma Noah Amelia Oliver Sophia Elijah Isabella James Mia Lucas Charlotte Mateo "
-    "Harper Ethan Aisha Omar Priya Arjun Mei Hiroshi Chloe Daniel Fatima Yusuf Elena Ivan Sara "
-    "Tomás Ingrid Kofi Amara Lars Nadia Diego Leila Samuel Grace Chen"
-).split()
-LAST = (
-    "Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez Hernandez Lopez "
-    "Wilson Anderson Thomas Taylor Moore Jackson Martin Lee Okafor Nakamura Schmidt Rossi Dubois "
-    "Kowalski Novak Haddad Patel Singh Kim Nguyen Silva Costa Jensen Murphy O'Brien Cohen Ali"
-).split()
+FIRST = [
+    "Olivia",
+    "Liam",
+    "Emma",
+    "Noah",
+    "Amelia",
+    "Oliver",
+    "Sophia",
+    "Elijah",
+    "Isabella",
+    "James",
+    "Mia",
+    "Lucas",
+    "Charlotte",
+    "Mateo",
+    "Harper",
+    "Ethan",
+    "Aisha",
+    "Omar",
+    "Priya",
+    "Arjun",
+    "Mei",
+    "Hiroshi",
+    "Chloe",
+    "Daniel",
+    "Fatima",
+    "Yusuf",
+    "Elena",
+    "Ivan",
+    "Sara",
+    "Tomás",
+    "Ingrid",
+    "Kofi",
+    "Amara",
+    "Lars",
+    "Nadia",
+    "Diego",
+    "Leila",
+    "Samuel",
+    "Grace",
+    "Chen",
+]
+LAST = [
+    "Smith",
+    "Johnson",
+    "Williams",
+    "Brown",
+    "Jones",
+    "Garcia",
+    "Miller",
+    "Davis",
+    "Rodriguez",
+    "Martinez",
+    "Hernandez",
+    "Lopez",
+    "Wilson",
+    "Anderson",
+    "Thomas",
+    "Taylor",
+    "Moore",
+    "Jackson",
+    "Martin",
+    "Lee",
+    "Okafor",
+    "Nakamura",
+    "Schmidt",
+    "Rossi",
+    "Dubois",
+    "Kowalski",
+    "Novak",
+    "Haddad",
+    "Patel",
+    "Singh",
+    "Kim",
+    "Nguyen",
+    "Silva",
+    "Costa",
+    "Jensen",
+    "Murphy",
+    "O'Brien",
+    "Cohen",
+    "Ali",
+]
 COUNTERPARTIES = (
-    "Acme Payroll", "Northwind Traders", "Globex Utilities", "Initech Rent", "Umbrella Insurance",
-    "Stark Grocers", "Wayne Telecom", "Hooli Cloud", "Soylent Foods", "Vandelay Imports",
-    "Cyberdyne Fitness", "Tyrell Travel", "Wonka Sweets", "Oceanic Airlines", "Monarch Energy",
+    "Acme Payroll",
+    "Northwind Traders",
+    "Globex Utilities",
+    "Initech Rent",
+    "Umbrella Insurance",
+    "Stark Grocers",
+    "Wayne Telecom",
+    "Hooli Cloud",
+    "Soylent Foods",
+    "Vandelay Imports",
+    "Cyberdyne Fitness",
+    "Tyrell Travel",
+    "Wonka Sweets",
+    "Oceanic Airlines",
+    "Monarch Energy",
 )
 CURRENCIES = ("USD", "EUR", "GBP")
 
@@ -94,10 +179,16 @@ def seed(
     ]
     if session.scalar(select(func.count()).select_from(Customer)):
         summary.skipped = True
-        _describe(summary, list(session.scalars(select(Customer).order_by(Customer.id))),
-                  list(session.scalars(select(Account).where(Account.kind == AccountKind.CUSTOMER)
-                                       .order_by(Account.id))),
-                  list(session.scalars(select(Payment).order_by(Payment.id))))
+        _describe(
+            summary,
+            list(session.scalars(select(Customer).order_by(Customer.id))),
+            list(
+                session.scalars(
+                    select(Account).where(Account.kind == AccountKind.CUSTOMER).order_by(Account.id)
+                )
+            ),
+            list(session.scalars(select(Payment).order_by(Payment.id))),
+        )
         return summary
     rng = random.Random(rng_seed)
     people = _customers(rng, customers, now)
@@ -134,8 +225,12 @@ def _describe(
         for a in owned
     ]
     summary.payments = [
-        {"id": p.id, "account_id": p.account_id, "amount_minor": p.amount_minor,
-         "currency": p.currency}
+        {
+            "id": p.id,
+            "account_id": p.account_id,
+            "amount_minor": p.amount_minor,
+            "currency": p.currency,
+        }
         for p in posted
     ]
 
@@ -185,7 +280,7 @@ def _accounts(
     rng: random.Random, people: list[Customer], count: int, now: datetime
 ) -> list[Account]:
     owners = list(people) + [rng.choice(people) for _ in range(max(count - len(people), 0))]
-    accounts = []
+    accounts: list[Account] = []
     for owner in owners[:count]:
         first = not any(a.customer_id == owner.id for a in accounts)
         ccy = "USD" if first else rng.choice(CURRENCIES)

@@ -16,10 +16,16 @@ from opsgate.web.middleware import RequestContextMiddleware
 from opsgate.web.services import Services
 
 
-def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    services: Services | None = None,
+    *,
+    configure_logs: bool = True,
+) -> FastAPI:
     """Build the app. Fails at once (PolicyError) when the policy does not validate."""
     settings = settings or get_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    if configure_logs:
+        configure_logging(settings.log_level, settings.log_format)
     services = services or Services.build(settings)
 
     @asynccontextmanager

@@ -19,7 +19,9 @@ router = APIRouter(prefix="/bench", include_in_schema=False)
 
 
 @router.post("/customers/{customer_id}/notes")
-async def bare_add_note(customer_id: str, request: Request, services: ServicesDep) -> dict[str, Any]:
+async def bare_add_note(
+    customer_id: str, request: Request, services: ServicesDep
+) -> dict[str, Any]:
     body = await request.json()
 
     def write() -> str:

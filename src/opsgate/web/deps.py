@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -67,9 +67,7 @@ def get_actor(request: Request, services: ServicesDep, origin: OriginDep) -> Act
 CurrentActor = Annotated[Actor, Depends(get_actor)]
 
 
-def require(
-    capability: Capability,
-) -> object:
+def require(capability: Capability) -> Any:
     """A dependency that lets the request through only when the actor holds `capability`."""
 
     def check(actor: CurrentActor, services: ServicesDep, origin: OriginDep) -> Actor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-import opsgate.db.models  # noqa: F401  (registers the control-layer tables)
+import opsgate.db.models
 import opsgate.domain.models  # noqa: F401  (registers the demo tables)
 from opsgate.db.base import Base
 from opsgate.db.engine import make_engine
