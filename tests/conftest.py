@@ -168,6 +168,8 @@ def _template(backend: str, templates: dict[str, Any], tmp: pytest.TempPathFacto
 
 @dataclass
 class TestDatabase:
+    __test__ = False  # a fixture value, not a test class
+
     backend: str
     url: str
     world: World

@@ -1,0 +1,123 @@
+"""Several `opsgate serve` processes on one database serve the same data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import TestDatabase
+from tests.servers import Server, start_server
+
+pytestmark = pytest.mark.multiprocess
+
+
+@pytest.fixture
+def two_servers(test_db: TestDatabase, tmp_path: Path) -> Iterator[tuple[Server, Server]]:
+    first = start_server(test_db.url, tmp_path / "a.log")
+    try:
+        second = start_server(test_db.url, tmp_path / "b.log")
+    except BaseException:
+        first.stop()
+        raise
+    yield first, second
+    first.stop()
+    second.stop()
+
+
+def test_two_processes_serve_the_same_data(
+    two_servers: tuple[Server, Server], test_db: TestDatabase
+) -> None:
+    a, b = two_servers
+    world = test_db.world
+    written = httpx.post(
+        f"{a.base_url}/api/v1/actions/account.block",
+        json={
+            "target": f"account:{world.account(3)}",
+            "payload": {"reason_code": "fraud_suspected"},
+            "reason": "multi-process check",
+        },
+        headers=world.auth("alice") | {"X-Request-ID": "mp-block-1"},
+    )
+    assert written.status_code == 200, written.text
+
+    seen = httpx.get(
+        f"{b.base_url}/api/v1/audit",
+        params={"request_id": "mp-block-1"},
+        headers=world.auth("audrey"),
+    )
+    assert seen.status_code == 200
+    [item] = seen.json()["items"]
+    assert item["id"] == written.json()["audit_id"]
+
+    # The second process refuses a second block: it sees the first one's state.
+    again = httpx.post(
+        f"{b.base_url}/api/v1/actions/account.block",
+        json={
+            "target": f"account:{world.account(3)}",
+            "payload": {"reason_code": "fraud_suspected"},
+            "reason": "multi-process check",
+        },
+        headers=world.auth("bob"),
+    )
+    assert again.status_code == 409
+    assert again.json()["code"] == "domain_rejected"
+
+
+def test_concurrent_writes_through_both_processes_are_all_recorded(
+    two_servers: tuple[Server, Server], test_db: TestDatabase
+) -> None:
+    servers = two_servers
+    world = test_db.world
+
+    def add_note(n: int) -> httpx.Response:
+        server = servers[n % 2]
+        return httpx.post(
+            f"{server.base_url}/api/v1/actions/customer.add_note",
+            json={
+                "target": f"customer:{world.customer(n % 5)}",
+                "payload": {"text": f"note {n}"},
+                "reason": "concurrency",
+            },
+            headers=world.auth("alice") | {"X-Request-ID": f"mp-note-{n}"},
+            timeout=30,
+        )
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(add_note, range(40)))
+    assert [r.status_code for r in responses] == [200] * 40
+
+    audit = httpx.get(
+        f"{servers[0].base_url}/api/v1/audit",
+        params={"action": "customer.add_note", "limit": 100},
+        headers=world.auth("audrey"),
+    ).json()["items"]
+    assert sorted(item["request_id"] for item in audit) == sorted(f"mp-note-{n}" for n in range(40))
+
+
+def test_request_id_reaches_the_server_log_line(
+    two_servers: tuple[Server, Server], test_db: TestDatabase
+) -> None:
+    a, _ = two_servers
+    world = test_db.world
+    token = world.tokens["alice"]
+    response = httpx.post(
+        f"{a.base_url}/api/v1/actions/customer.add_note",
+        json={
+            "target": f"customer:{world.customer()}",
+            "payload": {"text": "logged"},
+            "reason": "log check",
+        },
+        headers={"Authorization": f"Bearer {token}", "X-Request-ID": "mp-log-1"},
+    )
+    assert response.headers["X-Request-ID"] == "mp-log-1"
+    a.stop()  # flush and close the log
+    lines = [line for line in a.log_lines() if line.get("request_id") == "mp-log-1"]
+    action = next(line for line in lines if line["event"] == "action")
+    assert (action["action"], action["result"]) == ("customer.add_note", "succeeded")
+    assert action["actor"] == world.user_ids["alice"]
+    assert any(line["event"] == "http_request" for line in lines)
+    assert token not in a.log_path.read_text()
