@@ -28,6 +28,13 @@ class AuditResult(StrEnum):
     FAILED = "failed"
     DENIED = "denied"
     INVALID = "invalid"
+    APPROVAL_REQUESTED = "approval_requested"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    STALE = "stale"
+    WOULD_REQUIRE_APPROVAL = "would_require_approval"
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,8 @@ class AuditEntry:
     before: Mapping[str, Any] | None = None
     after: Mapping[str, Any] | None = None
     outcome: Mapping[str, Any] | None = None
+    approval_id: str | None = None
+    execution_request_id: str | None = None
 
 
 def json_safe(value: Any) -> Any:
@@ -65,6 +74,8 @@ def record(
         id=new_id("aud"),
         occurred_at=now,
         request_id=origin.request_id,
+        execution_request_id=entry.execution_request_id,
+        approval_id=entry.approval_id,
         actor_id=actor.id if actor else None,
         actor_name=actor.name if actor else None,
         actor_roles=sorted(actor.roles) if actor else None,

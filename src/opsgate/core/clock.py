@@ -30,3 +30,10 @@ class FrozenClock:
 
     def advance(self, delta: timedelta) -> None:
         self._at += delta
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """A time without an offset is taken as UTC, the only zone opsgate stores."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)

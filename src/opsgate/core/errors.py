@@ -19,6 +19,10 @@ class ProblemCode(StrEnum):
     TARGET_NOT_FOUND = "target_not_found"
     INVALID_PAYLOAD = "invalid_payload"
     DOMAIN_REJECTED = "domain_rejected"
+    SELF_APPROVAL = "self_approval"
+    APPROVAL_NOT_PENDING = "approval_not_pending"
+    APPROVAL_EXPIRED = "approval_expired"
+    STALE_APPROVAL = "stale_approval"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     INTERNAL_ERROR = "internal_error"
@@ -31,10 +35,18 @@ class OpsgateError(Exception):
     status: int = 500
     title: str = "Internal error"
 
-    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
+        # Extension members of the problem response (e.g. approval_id, status).
+        self.extra = extra or {}
 
 
 class Unauthenticated(OpsgateError):
@@ -74,9 +86,33 @@ class DomainRejected(OpsgateError):
     status = 409
     title = "Refused by the domain"
 
-    def __init__(self, detail: str, *, reason: str) -> None:
-        super().__init__(detail)
+    def __init__(self, detail: str, *, reason: str, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(detail, extra={"reason": reason} | (extra or {}))
         self.reason = reason
+
+
+class SelfApproval(OpsgateError):
+    code = ProblemCode.SELF_APPROVAL
+    status = 403
+    title = "You cannot decide your own request"
+
+
+class ApprovalNotPending(OpsgateError):
+    code = ProblemCode.APPROVAL_NOT_PENDING
+    status = 409
+    title = "The request is no longer pending"
+
+
+class ApprovalExpired(OpsgateError):
+    code = ProblemCode.APPROVAL_EXPIRED
+    status = 409
+    title = "The request has expired"
+
+
+class StaleApproval(OpsgateError):
+    code = ProblemCode.STALE_APPROVAL
+    status = 409
+    title = "The approved request no longer matches"
 
 
 class NotFound(OpsgateError):

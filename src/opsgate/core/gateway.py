@@ -1,7 +1,9 @@
 """The gateway: the one path every operator action takes.
 
     actor ─► action (registry) ─► may start? (policy) ─► valid envelope and payload?
-      ─► target exists? (row-locked) ─► handler + audit record in ONE transaction ─► result
+      ─► target exists? (row-locked) ─► approval gate (off / monitor / enforce)
+           ├─ gate applies: store an approval request, audit it, answer pending
+           └─ otherwise: handler + audit record in ONE transaction ─► result
 
 Every refusal on that path is audited with the caller's request ID before it is raised, and a
 handler's partial effects are rolled back before its refusal is recorded.
@@ -10,14 +12,17 @@ handler's partial effects are rolled back before its refusal is recorded.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, NoReturn
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.orm import Session
 
 from opsgate.core.actors import Actor, Origin
+from opsgate.core.approval_requests import open_request
 from opsgate.core.audit import AuditEntry, AuditResult, record
 from opsgate.core.clock import Clock
 from opsgate.core.errors import (
@@ -29,9 +34,10 @@ from opsgate.core.errors import (
     TargetNotFound,
     UnknownAction,
 )
-from opsgate.core.policy import Policy
-from opsgate.core.registry import ActionContext, ActionSpec, Registry, TargetRef
+from opsgate.core.policy import ControlMode, Policy
+from opsgate.core.registry import ActionContext, ActionSpec, Outcome, Registry, TargetRef
 from opsgate.db.engine import Database
+from opsgate.db.models import AuditRecord
 
 log = structlog.get_logger("opsgate.gateway")
 
@@ -50,12 +56,30 @@ class ActionEnvelope(BaseModel):
 
 @dataclass(frozen=True)
 class ActionResult:
-    """A successful execution: what the caller is told."""
+    """What the caller is told: executed (`succeeded`) or waiting (`pending_approval`)."""
 
+    status: str
     request_id: str
-    result: Mapping[str, Any]
     audit_id: str
-    status: str = "succeeded"
+    result: Mapping[str, Any] | None = None
+    approval_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Execution:
+    """A handler run inside an open transaction, not yet audited or committed."""
+
+    outcome: Outcome
+    before: dict[str, Any]
+    after: dict[str, Any]
+
+    def audit_fields(self) -> dict[str, Any]:
+        changed = self.before != self.after
+        return {
+            "before": self.before if changed else None,
+            "after": self.after if changed else None,
+            "outcome": dict(self.outcome.result),
+        }
 
 
 def validation_errors(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[dict[str, Any]]:
@@ -82,14 +106,14 @@ class Gateway:
     def submit(
         self, actor: Actor, action: str, body: bytes | Mapping[str, Any], origin: Origin
     ) -> ActionResult:
-        """Run `action` for `actor`, or raise the OpsgateError that refused it.
+        """Run `action` for `actor`, or hold it for approval, or raise the refusal.
 
         Guarantees: the handler runs only after permission and validation passed; its effects
         and its audit record commit together or not at all; every refusal is audited.
         """
         spec = self.registry.get(action)
         if spec is None:
-            self._refuse(
+            self.refuse(
                 UnknownAction(f"There is no action named {action[:128]!r}."),
                 AuditEntry(action=action, result=AuditResult.INVALID),
                 actor,
@@ -97,7 +121,7 @@ class Gateway:
             )
         if not self.policy.may_start(actor.roles, spec.name):
             allowed = ", ".join(self.policy.allowed_roles(spec.name)) or "no role"
-            self._refuse(
+            self.refuse(
                 Forbidden(f"Your roles do not allow {spec.name}; it needs one of: {allowed}."),
                 AuditEntry(action=spec.name, result=AuditResult.DENIED),
                 actor,
@@ -112,7 +136,7 @@ class Gateway:
         def invalid(
             detail: str, errors: list[dict[str, Any]], target: str | None = None
         ) -> NoReturn:
-            self._refuse(
+            self.refuse(
                 InvalidPayload(detail, errors=errors),
                 AuditEntry(action=spec.name, result=AuditResult.INVALID, target=target),
                 actor,
@@ -156,12 +180,11 @@ class Gateway:
     ) -> ActionResult:
         kind = self.registry.target_kind(spec.target_kind)
         assert kind is not None  # the registry refuses actions on unknown kinds
-        parameters = payload.model_dump(mode="json")
         base = AuditEntry(
             action=spec.name,
             result=AuditResult.SUCCEEDED,
             target=str(target),
-            parameters=parameters,
+            parameters=payload.model_dump(mode="json"),
             reason=envelope.reason,
         )
         with self.db.writing() as session:
@@ -169,106 +192,191 @@ class Gateway:
             obj = kind.load(session, target.id, True)
             if obj is None:
                 session.rollback()
-                self._refuse(
+                self.refuse(
                     TargetNotFound(f"No {target.kind} {target.id} exists."),
                     replace(base, result=AuditResult.INVALID),
                     actor,
                     origin,
                 )
-            before = kind.snapshot(obj)
-            ctx = ActionContext(
-                session=session,
-                actor=actor,
-                action=spec.name,
-                request_id=origin.request_id,
-                reason=envelope.reason,
-                now=now,
+            ctx = self.context(session, actor, spec.name, origin.request_id, envelope.reason, now)
+            requirement = self.policy.approval_for(
+                spec.name, payload.model_dump(mode="json"), kind.snapshot(obj)
             )
-            try:
-                outcome = spec.handler(ctx, obj, payload)
-                session.flush()
-            except DomainError as exc:
-                session.rollback()
-                self._refuse(
-                    DomainRejected(exc.message, reason=exc.reason),
+            if requirement is not None and requirement.mode == ControlMode.ENFORCE:
+                try:
+                    approval = open_request(
+                        ctx, spec, kind, obj, payload, str(target), requirement, self.policy.version
+                    )
+                except DomainError as exc:  # the preview already sees it cannot succeed
+                    session.rollback()
+                    self.refuse(domain_refusal(exc), failed_entry(base, exc), actor, origin)
+                entry = replace(
+                    base,
+                    result=AuditResult.APPROVAL_REQUESTED,
+                    approval_id=approval.id,
+                    outcome={"rule": requirement.describe(), "quorum": approval.quorum},
+                )
+                row = self.write_audit(session, entry, actor, origin, now)
+                session.commit()
+                self.log_action(actor, entry, entry.result, row.id)
+                return ActionResult(
+                    status="pending_approval",
+                    request_id=origin.request_id,
+                    audit_id=row.id,
+                    approval_id=approval.id,
+                )
+            monitored = []
+            if requirement is not None:  # monitor: run now, record what would have happened
+                monitored.append(
                     replace(
                         base,
-                        result=AuditResult.FAILED,
-                        error_code=f"domain_rejected:{exc.reason}",
-                        error_message=exc.message,
-                    ),
+                        result=AuditResult.WOULD_REQUIRE_APPROVAL,
+                        outcome={"rule": requirement.describe()},
+                    )
+                )
+            try:
+                execution = self.run_handler(ctx, spec, obj, payload)
+            except DomainError as exc:
+                session.rollback()
+                self.refuse(
+                    domain_refusal(exc),
+                    failed_entry(base, exc),
                     actor,
                     origin,
+                    also=monitored,
                 )
             except Exception as exc:
                 session.rollback()
                 self._audit_crash(base, exc, actor, origin)
                 raise
-            after = kind.snapshot(obj)
-            changed = before != after
-            row = record(
-                session,
-                replace(
-                    base,
-                    before=before if changed else None,
-                    after=after if changed else None,
-                    outcome=dict(outcome.result),
-                ),
-                actor=actor,
-                origin=origin,
-                policy_version=self.policy.version,
-                now=now,
+            row = self.write_audit(
+                session, replace(base, **execution.audit_fields()), actor, origin, now
             )
+            for entry in monitored:
+                self.write_audit(session, entry, actor, origin, now)
             session.commit()
-        log.info(
-            "action",
-            actor=actor.id,
-            action=spec.name,
-            target=str(target),
-            result=AuditResult.SUCCEEDED.value,
+        self.log_action(actor, base, AuditResult.SUCCEEDED, row.id)
+        return ActionResult(
+            status="succeeded",
+            request_id=origin.request_id,
             audit_id=row.id,
+            result=execution.outcome.result,
         )
-        return ActionResult(request_id=origin.request_id, result=outcome.result, audit_id=row.id)
+
+    # --- building blocks shared with controlled execution (core/approvals.py) -------------
+
+    def context(
+        self,
+        session: Session,
+        actor: Actor,
+        action: str,
+        request_id: str,
+        reason: str,
+        now: datetime,
+        approval_id: str | None = None,
+    ) -> ActionContext:
+        return ActionContext(
+            session=session,
+            actor=actor,
+            action=action,
+            request_id=request_id,
+            reason=reason,
+            now=now,
+            approval_id=approval_id,
+            known_roles=frozenset(self.policy.roles()),
+        )
+
+    def run_handler(
+        self, ctx: ActionContext, spec: ActionSpec, obj: object, payload: BaseModel
+    ) -> Execution:
+        """Run the handler in the caller's transaction and capture the target's state around
+        it. Exceptions propagate; the caller rolls back and audits."""
+        kind = self.registry.target_kind(spec.target_kind)
+        assert kind is not None
+        before = kind.snapshot(obj)
+        outcome = spec.handler(ctx, obj, payload)
+        ctx.session.flush()
+        return Execution(outcome=outcome, before=before, after=kind.snapshot(obj))
+
+    def write_audit(
+        self,
+        session: Session,
+        entry: AuditEntry,
+        actor: Actor | None,
+        origin: Origin,
+        now: datetime,
+    ) -> AuditRecord:
+        return record(
+            session, entry, actor=actor, origin=origin, policy_version=self.policy.version, now=now
+        )
 
     def audit_refusal(
-        self, error: OpsgateError, entry: AuditEntry, actor: Actor | None, origin: Origin
+        self,
+        error: OpsgateError,
+        entry: AuditEntry,
+        actor: Actor | None,
+        origin: Origin,
+        *,
+        also: Iterable[AuditEntry] = (),
     ) -> str:
-        """Record a refusal in its own transaction and return the audit record ID."""
+        """Record a refusal (and any companion records) in its own transaction; return the
+        refusal's audit record ID."""
+        completed = replace(
+            entry,
+            error_code=entry.error_code or error.code.value,
+            error_message=entry.error_message or error.detail,
+        )
         with self.db.writing() as session:
-            row = record(
-                session,
-                replace(
-                    entry,
-                    error_code=entry.error_code or error.code.value,
-                    error_message=entry.error_message or error.detail,
-                ),
-                actor=actor,
-                origin=origin,
-                policy_version=self.policy.version,
-                now=self.clock.now(),
-            )
+            now = self.clock.now()
+            row = self.write_audit(session, completed, actor, origin, now)
+            for extra in also:
+                self.write_audit(session, extra, actor, origin, now)
             session.commit()
             audit_id = row.id
-        log.info(
-            "action",
-            actor=actor.id if actor else None,
-            action=entry.action[:128],
-            target=entry.target,
-            result=entry.result.value,
-            error_code=entry.error_code or error.code.value,
-            audit_id=audit_id,
-        )
+        self.log_action(actor, completed, entry.result, audit_id)
         return audit_id
 
-    def _refuse(
-        self, error: OpsgateError, entry: AuditEntry, actor: Actor | None, origin: Origin
+    def refuse(
+        self,
+        error: OpsgateError,
+        entry: AuditEntry,
+        actor: Actor | None,
+        origin: Origin,
+        *,
+        also: Iterable[AuditEntry] = (),
     ) -> NoReturn:
-        self.audit_refusal(error, entry, actor, origin)
+        self.audit_refusal(error, entry, actor, origin, also=also)
         raise error
 
     def _audit_crash(self, entry: AuditEntry, exc: Exception, actor: Actor, origin: Origin) -> None:
         # The exception text may carry data from the database; record only its type.
         crash = OpsgateError(f"internal error ({type(exc).__name__})")
-        failed = replace(entry, result=AuditResult.FAILED)
-        self.audit_refusal(crash, failed, actor, origin)
-        log.exception("handler_crashed", action=entry.action, target=entry.target)
+        self.audit_refusal(crash, replace(entry, result=AuditResult.FAILED), actor, origin)
+        log.error("handler_crashed", action=entry.action, target=entry.target, exc_info=exc)
+
+    def log_action(
+        self, actor: Actor | None, entry: AuditEntry, result: AuditResult, audit_id: str
+    ) -> None:
+        log.info(
+            "action",
+            actor=actor.id if actor else None,
+            action=entry.action[:128],
+            target=entry.target,
+            result=result.value,
+            error_code=entry.error_code,
+            approval_id=entry.approval_id,
+            audit_id=audit_id,
+        )
+
+
+def domain_refusal(exc: DomainError, **extra: Any) -> DomainRejected:
+    return DomainRejected(exc.message, reason=exc.reason, extra=extra or None)
+
+
+def failed_entry(entry: AuditEntry, exc: DomainError) -> AuditEntry:
+    return replace(
+        entry,
+        result=AuditResult.FAILED,
+        error_code=f"domain_rejected:{exc.reason}",
+        error_message=exc.message,
+    )

@@ -8,17 +8,20 @@ not change it, while any change of meaning does.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from opsgate.core.canonical import digest
+from opsgate.core.conditions import Condition, all_hold
+from opsgate.core.durations import parse_duration
 from opsgate.core.registry import Registry
 
 _ROLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -43,12 +46,74 @@ class RoleEntry(_Strict):
     description: str = Field(min_length=1)
 
 
+class ControlMode(StrEnum):
+    """How a control applies: `monitor` executes but records what it would have done."""
+
+    OFF = "off"
+    MONITOR = "monitor"
+    ENFORCE = "enforce"
+
+
+class ApprovalTier(_Strict):
+    """When every `when` condition holds (an empty list always does), `quorum` approvals."""
+
+    when: list[Condition] = Field(default_factory=list)
+    quorum: int = Field(ge=1, le=10)
+
+
+class ApprovalRule(_Strict):
+    """Who must approve an action before it runs. Tiers are tried in order; the first that
+    matches decides the quorum; when none matches, no approval is needed."""
+
+    mode: ControlMode = ControlMode.ENFORCE
+    approver_roles: list[str] = Field(min_length=1)
+    expires_in: str = "24h"
+    tiers: list[ApprovalTier] = Field(min_length=1)
+
+    _normalise = field_validator("approver_roles")(_sorted_unique)
+
+    @field_validator("expires_in")
+    @classmethod
+    def _valid_duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def expiry(self) -> timedelta:
+        return parse_duration(self.expires_in)
+
+
 class ActionEntry(_Strict):
-    """Policy for one action. Later controls (approval, limits) get their own keys here."""
+    """Policy for one action: who may start it and which controls apply."""
 
     allow: list[str] = Field(description="roles that may start the action")
+    approval: ApprovalRule | None = None
 
     _normalise = field_validator("allow")(_sorted_unique)
+
+
+@dataclass(frozen=True)
+class ApprovalRequirement:
+    """An approval rule that applies to one particular request."""
+
+    action: str
+    mode: ControlMode
+    quorum: int
+    approver_roles: tuple[str, ...]
+    expires_in: timedelta
+    tier: int
+    conditions: tuple[str, ...]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "mode": self.mode.value,
+            "quorum": self.quorum,
+            "approver_roles": list(self.approver_roles),
+            "expires_in_seconds": int(self.expires_in.total_seconds()),
+            "tier": self.tier,
+            "when": list(self.conditions),
+        }
 
 
 class CapabilityEntry(_Strict):
@@ -93,14 +158,38 @@ class Policy:
     def roles(self) -> list[str]:
         return sorted(self.document.roles)
 
+    def approval_for(
+        self, action: str, payload: Mapping[str, Any], target: Mapping[str, Any]
+    ) -> ApprovalRequirement | None:
+        """The approval this request needs under the action's rule, or None (no rule, mode
+        `off`, or no tier matches). The caller decides what `monitor` means."""
+        entry = self.document.actions.get(action)
+        rule = entry.approval if entry else None
+        if rule is None or rule.mode == ControlMode.OFF:
+            return None
+        facts = {"payload": payload, "target": target}
+        for index, tier in enumerate(rule.tiers):
+            if all_hold(tier.when, facts):
+                return ApprovalRequirement(
+                    action=action,
+                    mode=rule.mode,
+                    quorum=tier.quorum,
+                    approver_roles=tuple(rule.approver_roles),
+                    expires_in=rule.expiry,
+                    tier=index,
+                    conditions=tuple(c.describe() for c in tier.when),
+                )
+        return None
+
+    def may_approve(self, roles: frozenset[str], action: str) -> bool:
+        """True when any of `roles` is an approver role of `action`'s approval rule."""
+        entry = self.document.actions.get(action)
+        rule = entry.approval if entry else None
+        return rule is not None and not roles.isdisjoint(rule.approver_roles)
+
     def allowed_roles(self, action: str) -> list[str]:
         entry = self.document.actions.get(action)
         return list(entry.allow) if entry else []
-
-
-def canonical_json(value: Any) -> str:
-    """The canonical JSON text used for hashing: sorted keys, no whitespace, UTF-8."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _place(loc: tuple[int | str, ...]) -> str:
@@ -125,7 +214,7 @@ def parse_policy(text: str, registry: Registry, *, source: str = "<policy>") -> 
     problems = _cross_check(document, registry)
     if problems:
         raise PolicyError(source, problems)
-    version = hashlib.sha256(canonical_json(document.model_dump(mode="json")).encode()).hexdigest()
+    version = digest(document.model_dump(mode="json"))
     return Policy(document=document, version=version, source=source)
 
 
@@ -148,6 +237,8 @@ def _cross_check(document: PolicyDocument, registry: Registry) -> list[str]:
         if registry.get(name) is None:
             problems.append(f"actions.{name}: no such action is registered")
         problems += _unknown_roles(f"actions.{name}.allow", action_entry.allow, roles)
+        if action_entry.approval is not None:
+            problems += _check_approval(name, action_entry.approval, registry, roles)
     for name in registry.names():
         if name not in document.actions:
             problems.append(f"actions.{name}: registered action has no policy entry")
@@ -158,6 +249,30 @@ def _cross_check(document: PolicyDocument, registry: Registry) -> list[str]:
         problems += _unknown_roles(f"capabilities.{name}.allow", cap_entry.allow, roles)
     for name in sorted(known_capabilities - set(document.capabilities)):
         problems.append(f"capabilities.{name}: capability has no policy entry")
+    return problems
+
+
+def _check_approval(
+    name: str, rule: ApprovalRule, registry: Registry, roles: set[str]
+) -> list[str]:
+    place = f"actions.{name}.approval"
+    problems = _unknown_roles(f"{place}.approver_roles", rule.approver_roles, roles)
+    spec = registry.get(name)
+    if spec is None:
+        return problems
+    if spec.preview is None:
+        problems.append(f"{place}: {name} has no preview, so reviewers could not see the change")
+    kind = registry.target_kind(spec.target_kind)
+    target_fields = kind.fields if kind else frozenset()
+    payload_fields = set(spec.payload_model.model_fields)
+    for t, tier in enumerate(rule.tiers):
+        for c, condition in enumerate(tier.when):
+            known = payload_fields if condition.source == "payload" else target_fields
+            if condition.name not in known:
+                problems.append(
+                    f"{place}.tiers.{t}.when.{c}: {name} has no {condition.source} field "
+                    f"{condition.name!r}"
+                )
     return problems
 
 

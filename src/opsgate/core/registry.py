@@ -66,6 +66,10 @@ class ActionContext:
     request_id: str
     reason: str
     now: datetime
+    # Set when this run executes an approved request.
+    approval_id: str | None = None
+    # The roles the current policy defines (for actions that manage roles).
+    known_roles: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,19 @@ class Outcome:
     result: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Change:
+    """A proposed change, as a reviewer sees it: the target's relevant state before and after.
+
+    Returned by an action's `preview`, which must not change anything.
+    """
+
+    before: Mapping[str, Any]
+    after: Mapping[str, Any]
+
+
 Handler = Callable[[ActionContext, Any, Any], Outcome]
+Preview = Callable[[ActionContext, Any, Any], Change]
 
 
 @dataclass(frozen=True)
@@ -90,6 +106,9 @@ class TargetKind:
     name: str
     load: Callable[[Session, str, bool], object | None]
     snapshot: Callable[[Any], dict[str, Any]]
+    # The keys `snapshot` returns; policy conditions on `target.<field>` are checked against
+    # them at start-up. `version` must be among them: it is how staleness is detected.
+    fields: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -103,6 +122,8 @@ class ActionSpec:
     target_kind: str
     payload_model: type[Payload]
     handler: Handler
+    # Side-effect-free: what `handler` would change. Required for actions under approval.
+    preview: Preview | None = None
 
     def payload_schema(self) -> dict[str, Any]:
         return self.payload_model.model_json_schema()
@@ -125,6 +146,8 @@ class Registry:
             raise RegistryError(f"target kind {kind.name!r} must be lower snake case")
         if kind.name in self._kinds:
             raise RegistryError(f"target kind {kind.name!r} is registered twice")
+        if "version" not in kind.fields:
+            raise RegistryError(f"target kind {kind.name!r} must declare a 'version' field")
         self._kinds[kind.name] = kind
 
     def add(self, spec: ActionSpec) -> None:

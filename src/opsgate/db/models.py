@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from opsgate.db.base import Base, JSONType, UTCDateTime
@@ -21,10 +21,13 @@ class User(Base):
     display_name: Mapped[str] = mapped_column(String(200))
     is_active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    version: Mapped[int] = mapped_column(default=1, server_default="1")
 
     roles: Mapped[list[UserRole]] = relationship(
         back_populates="user", cascade="all, delete-orphan", lazy="selectin"
     )
+
+    __mapper_args__ = {"version_id_col": version}
 
     def role_names(self) -> frozenset[str]:
         return frozenset(r.role for r in self.roles)
@@ -78,6 +81,9 @@ class AuditRecord(Base):
     id: Mapped[str] = mapped_column(String(40), unique=True)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
     request_id: Mapped[str] = mapped_column(String(128))
+    # Set on records of an approved request's execution: its own request ID, and the approval.
+    execution_request_id: Mapped[str | None] = mapped_column(String(128))
+    approval_id: Mapped[str | None] = mapped_column(String(40))
     actor_id: Mapped[str | None] = mapped_column(String(40))
     actor_name: Mapped[str | None] = mapped_column(String(200))
     actor_roles: Mapped[list[str] | None] = mapped_column(JSONType)
@@ -98,9 +104,79 @@ class AuditRecord(Base):
 
     __table_args__ = (
         Index("ix_audit_records_request_id", "request_id"),
+        Index("ix_audit_records_execution_request_id", "execution_request_id"),
+        Index("ix_audit_records_approval_id", "approval_id", "seq"),
         Index("ix_audit_records_actor_seq", "actor_id", "seq"),
         Index("ix_audit_records_action_seq", "action", "seq"),
         Index("ix_audit_records_target_seq", "target", "seq"),
         Index("ix_audit_records_result_seq", "result", "seq"),
         Index("ix_audit_records_occurred_at", "occurred_at"),
     )
+
+
+class ApprovalRequest(Base):
+    """An action waiting for (or past) a second person's decision. What is stored is exactly
+    what executes: payload, target and the state and policy they were approved against."""
+
+    __tablename__ = "approval_requests"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    action: Mapped[str] = mapped_column(String(128), index=True)
+    target: Mapped[str] = mapped_column(String(200), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    payload_hash: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    requester_id: Mapped[str] = mapped_column(String(40), index=True)
+    requester_name: Mapped[str] = mapped_column(String(200))
+    request_id: Mapped[str] = mapped_column(String(128), index=True)
+    policy_version: Mapped[str] = mapped_column(String(64))
+    target_snapshot: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    target_version: Mapped[int] = mapped_column()
+    proposed_change: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    rule: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    quorum: Mapped[int] = mapped_column()
+    approver_roles: Mapped[list[str]] = mapped_column(JSONType)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    status_detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    executed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    execution_request_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+    decisions: Mapped[list[ApprovalDecision]] = relationship(
+        back_populates="approval", order_by="ApprovalDecision.decided_at", lazy="selectin"
+    )
+
+
+class ApprovalDecision(Base):
+    """One person's approve or reject. The unique key makes one person count once."""
+
+    __tablename__ = "approval_decisions"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    approval_id: Mapped[str] = mapped_column(ForeignKey("approval_requests.id"))
+    approver_id: Mapped[str] = mapped_column(String(40), index=True)
+    approver_name: Mapped[str] = mapped_column(String(200))
+    approver_roles: Mapped[list[str]] = mapped_column(JSONType)
+    decision: Mapped[str] = mapped_column(String(16))
+    comment: Mapped[str | None] = mapped_column(Text)
+    request_id: Mapped[str] = mapped_column(String(128))
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    approval: Mapped[ApprovalRequest] = relationship(back_populates="decisions")
+
+    __table_args__ = (UniqueConstraint("approval_id", "approver_id"),)
+
+
+class ApprovalView(Base):
+    """When each reviewer first opened a request (for the rubber-stamp metric)."""
+
+    __tablename__ = "approval_views"
+
+    approval_id: Mapped[str] = mapped_column(ForeignKey("approval_requests.id"), primary_key=True)
+    viewer_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    first_viewed_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -9,15 +9,20 @@ from pydantic import Field
 
 from opsgate.core.errors import DomainError
 from opsgate.core.ids import new_id
-from opsgate.core.registry import ActionContext, ActionSpec, Outcome, Payload, RiskClass
+from opsgate.core.registry import ActionContext, ActionSpec, Change, Outcome, Payload, RiskClass
 from opsgate.domain import kyc
 from opsgate.domain.models import Account, AccountStatus, Customer, CustomerStatus, Note
+from opsgate.domain.targets import account_state, customer_state
 
 # --- customer.add_note -------------------------------------------------------------------
 
 
 class AddNote(Payload):
     text: Annotated[str, Field(min_length=1, max_length=4000, description="The note, as written")]
+
+
+def preview_note(ctx: ActionContext, customer: Customer, payload: AddNote) -> Change:
+    return Change({"notes_added": 0}, {"notes_added": 1, "text_length": len(payload.text)})
 
 
 def add_note(ctx: ActionContext, customer: Customer, payload: AddNote) -> Outcome:
@@ -44,6 +49,11 @@ class BlockAccount(Payload):
     reason_code: BlockReason = Field(description="Why the account is blocked")
 
 
+def preview_block(ctx: ActionContext, account: Account, payload: BlockAccount) -> Change:
+    before = account_state(account)
+    return Change(before, before | {"status": "blocked", "blocked_reason": payload.reason_code})
+
+
 def block_account(ctx: ActionContext, account: Account, payload: BlockAccount) -> Outcome:
     if account.status == AccountStatus.BLOCKED:
         raise DomainError(
@@ -59,6 +69,11 @@ class UnblockAccount(Payload):
     pass
 
 
+def preview_unblock(ctx: ActionContext, account: Account, payload: UnblockAccount) -> Change:
+    before = account_state(account)
+    return Change(before, before | {"status": "active", "blocked_reason": None})
+
+
 def unblock_account(ctx: ActionContext, account: Account, payload: UnblockAccount) -> Outcome:
     if account.status != AccountStatus.BLOCKED:
         raise DomainError("account_not_blocked", f"Account {account.id} is not blocked.")
@@ -72,6 +87,12 @@ def unblock_account(ctx: ActionContext, account: Account, payload: UnblockAccoun
 
 class RerunKyc(Payload):
     pass
+
+
+def preview_kyc(ctx: ActionContext, customer: Customer, payload: RerunKyc) -> Change:
+    before = customer_state(customer)
+    outcome = kyc.screen(customer)
+    return Change(before, before | {"kyc_status": outcome.status, "kyc_checked_at": "(on run)"})
 
 
 def rerun_kyc(ctx: ActionContext, customer: Customer, payload: RerunKyc) -> Outcome:
@@ -95,6 +116,7 @@ ACTIONS = (
         target_kind="customer",
         payload_model=AddNote,
         handler=add_note,
+        preview=preview_note,
     ),
     ActionSpec(
         name="account.block",
@@ -104,6 +126,7 @@ ACTIONS = (
         target_kind="account",
         payload_model=BlockAccount,
         handler=block_account,
+        preview=preview_block,
     ),
     ActionSpec(
         name="account.unblock",
@@ -113,6 +136,7 @@ ACTIONS = (
         target_kind="account",
         payload_model=UnblockAccount,
         handler=unblock_account,
+        preview=preview_unblock,
     ),
     ActionSpec(
         name="kyc.rerun_check",
@@ -122,5 +146,6 @@ ACTIONS = (
         target_kind="customer",
         payload_model=RerunKyc,
         handler=rerun_kyc,
+        preview=preview_kyc,
     ),
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from opsgate.core import admin_actions
 from opsgate.core.registry import Registry
 from opsgate.domain.actions import ACTIONS
 from opsgate.domain.targets import TARGET_KINDS
@@ -15,6 +16,8 @@ def register(registry: Registry) -> None:
 
 
 def build_registry() -> Registry:
+    """The control layer's own actions (administration) plus the demo backend's."""
     registry = Registry()
+    admin_actions.register(registry)
     register(registry)
     return registry

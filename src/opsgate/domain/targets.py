@@ -63,8 +63,16 @@ def payment_state(p: Payment) -> dict[str, Any]:
     }
 
 
+CUSTOMER_FIELDS = frozenset({"id", "status", "kyc_status", "kyc_checked_at", "version"})
+ACCOUNT_FIELDS = frozenset(
+    {"id", "customer_id", "status", "blocked_reason", "currency", "balance_minor", "version"}
+)
+PAYMENT_FIELDS = frozenset(
+    {"id", "account_id", "direction", "method", "amount_minor", "currency", "status", "version"}
+)
+
 TARGET_KINDS = (
-    TargetKind("customer", _load_customer, customer_state),
-    TargetKind("account", _load_account, account_state),
-    TargetKind("payment", _load_payment, payment_state),
+    TargetKind("customer", _load_customer, customer_state, CUSTOMER_FIELDS),
+    TargetKind("account", _load_account, account_state, ACCOUNT_FIELDS),
+    TargetKind("payment", _load_payment, payment_state, PAYMENT_FIELDS),
 )

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from opsgate.core import tokens
 from opsgate.core.actors import Actor, Origin
 from opsgate.core.audit import AuditEntry, AuditResult
-from opsgate.core.errors import Forbidden, Unauthenticated
+from opsgate.core.errors import Unauthenticated
 from opsgate.core.policy import Capability
 from opsgate.web.services import Services
 
@@ -71,12 +71,7 @@ def require(capability: Capability) -> Any:
     """A dependency that lets the request through only when the actor holds `capability`."""
 
     def check(actor: CurrentActor, services: ServicesDep, origin: OriginDep) -> Actor:
-        if not services.policy.has(actor.roles, capability):
-            error = Forbidden(f"Your roles do not include {capability}.")
-            services.gateway.audit_refusal(
-                error, AuditEntry(action=str(capability), result=AuditResult.DENIED), actor, origin
-            )
-            raise error
+        services.require(actor, capability, origin)
         return actor
 
     return Depends(check)

@@ -24,8 +24,9 @@ def problem(
     request_id: str,
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
-    body: dict[str, Any] = {
+    body: dict[str, Any] = (extra or {}) | {
         "type": PROBLEM_TYPE.format(code=code),
         "title": title,
         "status": status,
@@ -52,6 +53,7 @@ def from_error(error: OpsgateError, request_id: str) -> JSONResponse:
         request_id=request_id,
         errors=error.errors,
         headers=headers,
+        extra=error.extra,
     )
 
 

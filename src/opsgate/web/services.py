@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from opsgate.core.actors import Actor, Origin
+from opsgate.core.approvals import Approvals
+from opsgate.core.audit import AuditEntry, AuditResult
 from opsgate.core.clock import Clock, SystemClock
+from opsgate.core.errors import Forbidden
 from opsgate.core.gateway import Gateway
-from opsgate.core.policy import Policy, load_policy
+from opsgate.core.policy import Capability, Policy, load_policy
 from opsgate.core.registry import Registry
 from opsgate.db.engine import Database
 from opsgate.domain.catalog import build_registry
@@ -21,6 +25,7 @@ class Services:
     policy: Policy
     clock: Clock
     gateway: Gateway
+    approvals: Approvals
 
     @classmethod
     def build(cls, settings: Settings, *, clock: Clock | None = None) -> Services:
@@ -30,4 +35,14 @@ class Services:
         db = Database(settings.database_url)
         clock = clock or SystemClock()
         gateway = Gateway(db, registry, policy, clock)
-        return cls(settings, db, registry, policy, clock, gateway)
+        return cls(settings, db, registry, policy, clock, gateway, Approvals(gateway))
+
+    def require(self, actor: Actor, capability: Capability, origin: Origin) -> None:
+        """Raise Forbidden (audited) unless `actor` holds `capability`."""
+        if not self.policy.has(actor.roles, capability):
+            self.gateway.refuse(
+                Forbidden(f"Your roles do not include {capability}."),
+                AuditEntry(action=str(capability), result=AuditResult.DENIED),
+                actor,
+                origin,
+            )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from opsgate.core.gateway import ActionEnvelope
@@ -44,12 +44,25 @@ def list_actions(actor: CurrentActor, services: ServicesDep, request: Request) -
     },
 )
 async def start_action(
-    name: str, request: Request, actor: CurrentActor, services: ServicesDep, origin: OriginDep
+    name: str,
+    request: Request,
+    response: Response,
+    actor: CurrentActor,
+    services: ServicesDep,
+    origin: OriginDep,
 ) -> dict[str, Any]:
     """Start an action. The body is validated by the gateway, after the permission check, so
     that a caller without permission learns nothing about the payload's shape."""
     body = await request.body()
     result = await run_in_threadpool(services.gateway.submit, actor, name, body, origin)
+    if result.approval_id is not None:
+        response.status_code = 202
+        return {
+            "status": result.status,
+            "approval_id": result.approval_id,
+            "request_id": result.request_id,
+            "audit_id": result.audit_id,
+        }
     return {
         "status": result.status,
         "request_id": result.request_id,

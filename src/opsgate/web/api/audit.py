@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
 from opsgate.core import audit_search
+from opsgate.core.clock import as_utc
 from opsgate.core.policy import Capability
 from opsgate.web.deps import ServicesDep, require
 
@@ -35,8 +36,8 @@ def search_audit(
         target=target,
         request_id=request_id,
         result=result,
-        since=_aware(since),
-        until=_aware(until),
+        since=as_utc(since),
+        until=as_utc(until),
     )
     with services.db.reading() as session:
         page = audit_search.search(session, where, cursor=cursor, limit=limit)
@@ -46,10 +47,3 @@ def search_audit(
         "items": items,
         "next_cursor": page.next_cursor,
     }
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # A time without an offset is taken as UTC, the only zone opsgate stores.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)

@@ -1,0 +1,573 @@
+"""Deciding approval requests and executing approved ones: segregation of duties, quorum,
+and controlled execution (DESIGN.md invariants 3 and 4).
+
+Rules with no switch: nobody decides their own request (by any token or role, admin
+included), nor one whose target is themselves; one person counts once; one qualifying
+rejection rejects. An approval executes at most once, only from `approved`, only while
+unexpired, and only with the payload, target version and policy version that were approved
+and while the requester may still start the action; otherwise it becomes `stale`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, NoReturn
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from opsgate.core.actors import Actor, Origin
+from opsgate.core.approval_states import ApprovalStatus, check_transition
+from opsgate.core.audit import AuditEntry, AuditResult
+from opsgate.core.canonical import digest
+from opsgate.core.errors import (
+    ApprovalExpired,
+    ApprovalNotPending,
+    DomainError,
+    Forbidden,
+    InvalidPayload,
+    NotFound,
+    OpsgateError,
+    SelfApproval,
+    StaleApproval,
+)
+from opsgate.core.gateway import Gateway, domain_refusal, failed_entry
+from opsgate.core.ids import new_id
+from opsgate.core.policy import Capability
+from opsgate.core.registry import TargetRef
+from opsgate.core.request_ids import new_request_id
+from opsgate.db.models import ApprovalDecision, ApprovalRequest, ApprovalView, User
+
+MAX_COMMENT_LENGTH = 2000
+S = ApprovalStatus
+
+
+class Decision:
+    APPROVE = "approve"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True)
+class DecisionResult:
+    """The state of a request after a decision, and the execution it triggered, if any."""
+
+    approval_id: str
+    status: str
+    request_id: str
+    approvals: int
+    quorum: int
+    execution_request_id: str | None = None
+    result: dict[str, Any] | None = None
+    audit_id: str | None = None
+
+
+def _entry(approval: ApprovalRequest, result: AuditResult, **fields: Any) -> AuditEntry:
+    return AuditEntry(
+        action=approval.action,
+        result=result,
+        target=approval.target,
+        approval_id=approval.id,
+        **fields,
+    )
+
+
+def _set_status(approval: ApprovalRequest, new: ApprovalStatus, detail: str | None = None) -> None:
+    approval.status = check_transition(approval.status, new).value
+    if detail is not None:
+        approval.status_detail = detail
+
+
+def _approve_count(session: Session, approval_id: str) -> int:
+    """Distinct people who approved: one person counts once, whatever their roles."""
+    return int(
+        session.scalar(
+            select(func.count(func.distinct(ApprovalDecision.approver_id))).where(
+                ApprovalDecision.approval_id == approval_id,
+                ApprovalDecision.decision == Decision.APPROVE,
+            )
+        )
+        or 0
+    )
+
+
+def _requester_actor(session: Session, approval: ApprovalRequest) -> Actor | None:
+    user = session.get(User, approval.requester_id)
+    if user is None or not user.is_active:
+        return None
+    return Actor(id=user.id, name=user.display_name, roles=user.role_names())
+
+
+class Approvals:
+    """Decisions, cancellation, expiry and controlled execution, over the gateway's pieces."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.db = gateway.db
+        self.policy = gateway.policy
+        self.clock = gateway.clock
+
+    # --- reading ------------------------------------------------------------------------
+
+    def may_view(self, actor: Actor, approval: ApprovalRequest) -> bool:
+        return (
+            actor.id == approval.requester_id
+            or self.policy.may_approve(actor.roles, approval.action)
+            or self.policy.has(actor.roles, Capability.AUDIT_READ)
+        )
+
+    def open(self, approval_id: str, actor: Actor, origin: Origin) -> ApprovalRequest:
+        """Load a request for `actor` to look at: expire it if due, note a reviewer's first
+        view (for the rubber-stamp metric). Raise NotFound or Forbidden."""
+        with self.db.writing() as session:
+            approval = self._load(session, approval_id, actor, origin, AuditResult.DENIED)
+            if not self.may_view(actor, approval):
+                self._refuse_in(
+                    session,
+                    Forbidden("You may neither approve this request nor read the audit trail."),
+                    _entry(approval, AuditResult.DENIED),
+                    actor,
+                    origin,
+                )
+            now = self.clock.now()
+            self._expire_if_due(session, approval, origin, now)
+            if actor.id != approval.requester_id and self.policy.may_approve(
+                actor.roles, approval.action
+            ):
+                seen = session.get(ApprovalView, (approval.id, actor.id))
+                if seen is None:
+                    session.add(
+                        ApprovalView(
+                            approval_id=approval.id, viewer_id=actor.id, first_viewed_at=now
+                        )
+                    )
+            session.commit()
+            return approval
+
+    def visible(
+        self, session: Session, actor: Actor, *, status: str | None, limit: int
+    ) -> list[ApprovalRequest]:
+        """Requests `actor` may see, newest first: their own, those they may approve, or all
+        for holders of `audit.read`."""
+        stmt = select(ApprovalRequest)
+        if status:
+            stmt = stmt.where(ApprovalRequest.status == status)
+        if not self.policy.has(actor.roles, Capability.AUDIT_READ):
+            approvable = [
+                name
+                for name in self.gateway.registry.names()
+                if self.policy.may_approve(actor.roles, name)
+            ]
+            stmt = stmt.where(
+                (ApprovalRequest.requester_id == actor.id) | ApprovalRequest.action.in_(approvable)
+            )
+        stmt = stmt.order_by(ApprovalRequest.created_at.desc(), ApprovalRequest.id.desc())
+        return list(session.scalars(stmt.limit(limit)))
+
+    # --- deciding -----------------------------------------------------------------------
+
+    def decide(
+        self, approval_id: str, actor: Actor, decision: str, comment: str | None, origin: Origin
+    ) -> DecisionResult:
+        """Record `actor`'s approve or reject; on quorum, execute at once (controlled).
+
+        Raises SelfApproval, Forbidden, InvalidPayload (reject without comment),
+        ApprovalNotPending, ApprovalExpired, NotFound; and, from execution, StaleApproval
+        or DomainRejected. Every refusal is audited.
+        """
+        comment = (comment or "").strip() or None
+        result = AuditResult.APPROVED if decision == Decision.APPROVE else AuditResult.REJECTED
+        with self.db.writing() as session:
+            now = self.clock.now()
+            approval = self._load(
+                session, approval_id, actor, origin, AuditResult.DENIED, lock=True
+            )
+            approval_action, approval_target = approval.action, approval.target
+            refusal = self._decision_refusal(approval, actor, decision, comment)
+            if refusal is None and self._expire_if_due(session, approval, origin, now):
+                session.commit()
+                refusal = ApprovalExpired(
+                    f"The request expired at {approval.expires_at.isoformat()}.",
+                    extra={"approval_id": approval.id, "status": approval.status},
+                )
+            if refusal is not None:
+                invalid = isinstance(refusal, InvalidPayload)
+                self._refuse_in(
+                    session,
+                    refusal,
+                    _entry(
+                        approval,
+                        AuditResult.INVALID if invalid else AuditResult.DENIED,
+                        reason=comment,
+                        outcome={"decision": decision},
+                    ),
+                    actor,
+                    origin,
+                )
+            session.add(
+                ApprovalDecision(
+                    id=new_id("apd"),
+                    approval_id=approval.id,
+                    approver_id=actor.id,
+                    approver_name=actor.name,
+                    approver_roles=sorted(actor.roles),
+                    decision=decision,
+                    comment=comment,
+                    request_id=origin.request_id,
+                    decided_at=now,
+                )
+            )
+            try:
+                session.flush()
+            except IntegrityError:
+                self._refuse_in(
+                    session,
+                    Forbidden(
+                        "You have already decided this request; one person counts once.",
+                        extra={"approval_id": approval_id},
+                    ),
+                    AuditEntry(
+                        action=approval_action,
+                        result=AuditResult.DENIED,
+                        target=approval_target,
+                        approval_id=approval_id,
+                    ),
+                    actor,
+                    origin,
+                )
+            approvals = _approve_count(session, approval.id)
+            if decision == Decision.REJECT:
+                _set_status(approval, S.REJECTED, comment)
+                approval.decided_at = now
+            elif approvals >= approval.quorum:
+                _set_status(approval, S.APPROVED)
+                approval.decided_at = now
+            row = self.gateway.write_audit(
+                session,
+                _entry(
+                    approval,
+                    result,
+                    reason=comment,
+                    outcome={
+                        "status": approval.status,
+                        "approvals": approvals,
+                        "quorum": approval.quorum,
+                    },
+                ),
+                actor,
+                origin,
+                now,
+            )
+            session.commit()
+            status, quorum, audit_id = approval.status, approval.quorum, row.id
+        self.gateway.log_action(actor, _entry(approval, result), result, audit_id)
+        decided = DecisionResult(
+            approval_id=approval_id,
+            status=status,
+            request_id=origin.request_id,
+            approvals=approvals,
+            quorum=quorum,
+            audit_id=audit_id,
+        )
+        if status == S.APPROVED:
+            return self.execute(approval_id, origin, decided)
+        return decided
+
+    def _decision_refusal(
+        self, approval: ApprovalRequest, actor: Actor, decision: str, comment: str | None
+    ) -> OpsgateError | None:
+        ids = {"approval_id": approval.id, "status": approval.status}
+        if decision not in (Decision.APPROVE, Decision.REJECT):
+            return InvalidPayload(f"Unknown decision {decision!r}.")
+        if comment is not None and len(comment) > MAX_COMMENT_LENGTH:
+            return InvalidPayload(
+                f"A comment is at most {MAX_COMMENT_LENGTH} characters.",
+                errors=[{"loc": ["body", "comment"], "msg": "too long"}],
+            )
+        if decision == Decision.REJECT and comment is None:
+            return InvalidPayload(
+                "A rejection needs a comment saying why.",
+                errors=[{"loc": ["body", "comment"], "msg": "required to reject"}],
+            )
+        # Segregation of duties comes first and has no switch: not the requester, by any
+        # token or role, and not the person the request is about.
+        if actor.id == approval.requester_id:
+            return SelfApproval("You cannot decide a request you made.", extra=ids)
+        target = TargetRef.parse(approval.target)
+        if target.kind == "user" and target.id == actor.id:
+            return SelfApproval("You cannot decide a request that concerns yourself.", extra=ids)
+        if not self.policy.may_approve(actor.roles, approval.action):
+            roles = ", ".join(approval.approver_roles)
+            return Forbidden(f"Approving {approval.action} needs one of: {roles}.", extra=ids)
+        if approval.status != S.PENDING:
+            return ApprovalNotPending(f"The request is {approval.status}.", extra=ids)
+        return None
+
+    def cancel(self, approval_id: str, actor: Actor, origin: Origin) -> DecisionResult:
+        """The requester withdraws a pending request."""
+        with self.db.writing() as session:
+            now = self.clock.now()
+            approval = self._load(
+                session, approval_id, actor, origin, AuditResult.DENIED, lock=True
+            )
+            ids = {"approval_id": approval.id, "status": approval.status}
+            refusal: OpsgateError | None = None
+            if actor.id != approval.requester_id:
+                refusal = Forbidden("Only the requester may cancel a request.", extra=ids)
+            elif self._expire_if_due(session, approval, origin, now):
+                session.commit()
+                refusal = ApprovalExpired("The request has already expired.", extra=ids)
+            elif approval.status != S.PENDING:
+                refusal = ApprovalNotPending(f"The request is {approval.status}.", extra=ids)
+            if refusal is not None:
+                self._refuse_in(
+                    session, refusal, _entry(approval, AuditResult.DENIED), actor, origin
+                )
+            _set_status(approval, S.CANCELLED)
+            approval.decided_at = now
+            row = self.gateway.write_audit(
+                session, _entry(approval, AuditResult.CANCELLED), actor, origin, now
+            )
+            session.commit()
+            return DecisionResult(
+                approval_id=approval.id,
+                status=approval.status,
+                request_id=origin.request_id,
+                approvals=_approve_count(session, approval.id),
+                quorum=approval.quorum,
+                audit_id=row.id,
+            )
+
+    # --- expiry -------------------------------------------------------------------------
+
+    def _expire_if_due(
+        self, session: Session, approval: ApprovalRequest, origin: Origin, now: datetime
+    ) -> bool:
+        if approval.status not in (S.PENDING, S.APPROVED) or approval.expires_at > now:
+            return False
+        _set_status(approval, S.EXPIRED, f"expired at {approval.expires_at.isoformat()}")
+        self.gateway.write_audit(session, _entry(approval, AuditResult.EXPIRED), None, origin, now)
+        return True
+
+    def expire_due(self, origin: Origin) -> list[str]:
+        """Expire every pending or approved request past its expiry; return their IDs."""
+        expired = []
+        now = self.clock.now()
+        with self.db.reading() as session:
+            due = list(
+                session.scalars(
+                    select(ApprovalRequest.id).where(
+                        ApprovalRequest.status.in_([S.PENDING, S.APPROVED]),
+                        ApprovalRequest.expires_at <= now,
+                    )
+                )
+            )
+        for approval_id in due:
+            with self.db.writing() as session:
+                approval = session.get(ApprovalRequest, approval_id, with_for_update=True)
+                if approval is not None and self._expire_if_due(session, approval, origin, now):
+                    session.commit()
+                    expired.append(approval_id)
+        return expired
+
+    # --- controlled execution -----------------------------------------------------------
+
+    def execute(self, approval_id: str, origin: Origin, decided: DecisionResult) -> DecisionResult:
+        """Run an approved request exactly once, under a fresh execution request ID.
+
+        Compare-and-set approved→executing decides the one executor; the other checks and the
+        handler run in the same transaction, so a loser sees a final status. Raises
+        StaleApproval (handler not run), DomainRejected (handler refused; status `failed`).
+        """
+        execution_id = new_request_id()
+        with self.db.writing() as session:
+            now = self.clock.now()
+            approval = session.get(ApprovalRequest, approval_id, with_for_update=True)
+            if approval is None or approval.status != S.APPROVED:
+                return replace(decided, status=approval.status if approval else "missing")
+            if self._expire_if_due(session, approval, origin, now):
+                session.commit()
+                raise ApprovalExpired(
+                    "The request expired before it could execute.",
+                    extra={"approval_id": approval_id, "status": S.EXPIRED.value},
+                )
+            won = session.execute(
+                update(ApprovalRequest)
+                .where(ApprovalRequest.id == approval_id, ApprovalRequest.status == S.APPROVED)
+                .values(status=check_transition(S.APPROVED, S.EXECUTING).value)
+                .execution_options(synchronize_session=False)
+            )
+            if won.rowcount != 1:  # type: ignore[attr-defined]
+                session.rollback()
+                return replace(decided, status=self._status_of(approval_id))
+            approval.status = S.EXECUTING.value
+            approval.execution_request_id = execution_id
+            run_origin = Origin(approval.request_id, origin.ip, origin.user_agent)
+            base = _entry(
+                approval,
+                AuditResult.SUCCEEDED,
+                parameters=approval.payload,
+                reason=approval.reason,
+                execution_request_id=execution_id,
+            )
+            checked = self._recheck(session, approval)
+            if isinstance(checked, str):
+                _set_status(approval, S.STALE, checked)
+                approval.executed_at = now
+                requester = _requester_actor(session, approval)
+                self.gateway.write_audit(
+                    session,
+                    replace(
+                        base,
+                        result=AuditResult.STALE,
+                        error_code="stale_approval",
+                        error_message=checked,
+                    ),
+                    requester,
+                    run_origin,
+                    now,
+                )
+                session.commit()
+                raise StaleApproval(
+                    f"Not executed: {checked}.",
+                    extra={
+                        "approval_id": approval_id,
+                        "status": S.STALE.value,
+                        "execution_request_id": execution_id,
+                    },
+                )
+            requester, spec, obj, payload = checked
+            ctx = self.gateway.context(
+                session, requester, spec.name, execution_id, approval.reason, now, approval.id
+            )
+            failure: Exception | None = None
+            try:
+                # A savepoint: a refusing handler's effects are undone, while the status
+                # change that makes this the one execution stays in the transaction.
+                with session.begin_nested():
+                    execution = self.gateway.run_handler(ctx, spec, obj, payload)
+            except DomainError as exc:
+                failure = exc
+                entry = failed_entry(base, exc)
+            except Exception as exc:
+                failure = exc
+                message = f"internal error ({type(exc).__name__})"
+                entry = replace(
+                    base,
+                    result=AuditResult.FAILED,
+                    error_code="internal_error",
+                    error_message=message,
+                )
+            if failure is not None:
+                _set_status(approval, S.FAILED, entry.error_message)
+                approval.executed_at = now
+                approval.error_code = entry.error_code
+                approval.error_message = entry.error_message
+                row = self.gateway.write_audit(session, entry, requester, run_origin, now)
+                session.commit()
+                self.gateway.log_action(requester, entry, AuditResult.FAILED, row.id)
+                if isinstance(failure, DomainError):
+                    raise domain_refusal(
+                        failure,
+                        approval_id=approval_id,
+                        status=S.FAILED.value,
+                        execution_request_id=execution_id,
+                    ) from failure
+                raise failure
+            _set_status(approval, S.SUCCEEDED)
+            approval.executed_at = now
+            approval.result = dict(execution.outcome.result)
+            row = self.gateway.write_audit(
+                session, replace(base, **execution.audit_fields()), requester, run_origin, now
+            )
+            session.commit()
+        self.gateway.log_action(requester, base, AuditResult.SUCCEEDED, row.id)
+        return replace(
+            decided,
+            status=S.SUCCEEDED.value,
+            execution_request_id=execution_id,
+            result=dict(execution.outcome.result),
+            audit_id=row.id,
+        )
+
+    def _recheck(self, session: Session, approval: ApprovalRequest) -> str | tuple[Any, ...]:
+        """Everything approved must still hold; return why not, or what to run."""
+        if approval.policy_version != self.policy.version:
+            return "the policy changed since the request was made"
+        if digest(approval.payload) != approval.payload_hash:
+            return "the stored payload no longer matches its hash"
+        requester = _requester_actor(session, approval)
+        if requester is None or not self.policy.may_start(requester.roles, approval.action):
+            return "the requester may no longer start this action"
+        spec = self.gateway.registry.get(approval.action)
+        if spec is None:
+            return "the action no longer exists"
+        try:
+            payload = spec.payload_model.model_validate(approval.payload)
+        except ValueError:
+            return "the stored payload is no longer valid for the action"
+        target = TargetRef.parse(approval.target)
+        kind = self.gateway.registry.target_kind(target.kind)
+        obj = kind.load(session, target.id, True) if kind else None
+        if kind is None or obj is None:
+            return "the target no longer exists"
+        if kind.snapshot(obj)["version"] != approval.target_version:
+            return "the target changed since the request was made"
+        return requester, spec, obj, payload
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _load(
+        self,
+        session: Session,
+        approval_id: str,
+        actor: Actor,
+        origin: Origin,
+        result: AuditResult,
+        *,
+        lock: bool = False,
+    ) -> ApprovalRequest:
+        approval = session.get(ApprovalRequest, approval_id, with_for_update=lock or None)
+        if approval is None:
+            session.rollback()
+            self.gateway.refuse(
+                NotFound(f"No approval request {approval_id[:64]}."),
+                AuditEntry(
+                    action="approval.read",
+                    result=AuditResult.INVALID,
+                    target=f"approval:{approval_id[:64]}",
+                ),
+                actor,
+                origin,
+            )
+        return approval
+
+    def _refuse_in(
+        self,
+        session: Session,
+        error: OpsgateError,
+        entry: AuditEntry,
+        actor: Actor,
+        origin: Origin,
+    ) -> NoReturn:
+        # Build the entry before this: rolling back expires loaded objects, and touching one
+        # afterwards would open a new transaction on this session.
+        session.rollback()
+        session.close()
+        self.gateway.refuse(error, entry, actor, origin)
+
+    def _status_of(self, approval_id: str) -> str:
+        with self.db.reading() as session:
+            return str(
+                session.scalar(
+                    select(ApprovalRequest.status).where(ApprovalRequest.id == approval_id)
+                )
+            )
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    rows = session.execute(
+        select(ApprovalRequest.status, func.count()).group_by(ApprovalRequest.status)
+    )
+    return {status: int(n) for status, n in rows}
