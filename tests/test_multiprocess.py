@@ -121,3 +121,68 @@ def test_request_id_reaches_the_server_log_line(
     assert action["actor"] == world.user_ids["alice"]
     assert any(line["event"] == "http_request" for line in lines)
     assert token not in a.log_path.read_text()
+
+
+def test_concurrent_approvers_across_processes_execute_once(
+    two_servers: tuple[Server, Server], test_db: TestDatabase
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from opsgate.core import tokens
+    from opsgate.core.users import ensure_user
+    from opsgate.db.engine import Database
+
+    servers = two_servers
+    world = test_db.world
+    account = world.account(5)
+    blocked = httpx.post(
+        f"{servers[0].base_url}/api/v1/actions/account.block",
+        json={
+            "target": f"account:{account}",
+            "payload": {"reason_code": "fraud_suspected"},
+            "reason": "suspicious",
+        },
+        headers=world.auth("alice"),
+    )
+    assert blocked.status_code == 200, blocked.text
+    requested = httpx.post(
+        f"{servers[1].base_url}/api/v1/actions/account.unblock",
+        json={"target": f"account:{account}", "payload": {}, "reason": "verified"},
+        headers=world.auth("olga"),
+    )
+    assert requested.status_code == 202, requested.text
+    approval_id = requested.json()["approval_id"]
+
+    db = Database(test_db.url)
+    now = datetime.now(UTC)
+    secrets: list[str] = []
+    with db.writing() as session:
+        for n in range(20):
+            user = ensure_user(
+                session, f"mp-reviewer{n}", f"Reviewer {n}", ("risk_reviewer",), now=now
+            )
+            issued = tokens.issue_token(session, user, name="t", now=now, ttl=timedelta(hours=1))
+            secrets.append(issued.secret)
+        session.commit()
+    db.dispose()
+
+    def approve(n: int) -> httpx.Response:
+        return httpx.post(
+            f"{servers[n % 2].base_url}/api/v1/approvals/{approval_id}/approve",
+            headers={"Authorization": f"Bearer {secrets[n]}"},
+            timeout=60,
+        )
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        responses = list(pool.map(approve, range(20)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] + [409] * 19, [r.text for r in responses]
+    assert {r.json()["code"] for r in responses if r.status_code == 409} == {"approval_not_pending"}
+    [winner] = [r.json() for r in responses if r.status_code == 200]
+    assert winner["status"] == "succeeded"
+    audit = httpx.get(
+        f"{servers[0].base_url}/api/v1/audit",
+        params={"action": "account.unblock", "result": "succeeded"},
+        headers=world.auth("audrey"),
+    ).json()["items"]
+    assert [item["execution_request_id"] for item in audit] == [winner["execution_request_id"]]

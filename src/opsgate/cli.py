@@ -38,11 +38,13 @@ demo_app = typer.Typer(help="Demo data.", no_args_is_help=True)
 users_app = typer.Typer(help="Operators and their roles.", no_args_is_help=True)
 tokens_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 policy_app = typer.Typer(help="The policy file.", no_args_is_help=True)
+approvals_app = typer.Typer(help="Approval requests.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(demo_app, name="demo")
 app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(policy_app, name="policy")
+app.add_typer(approvals_app, name="approvals")
 
 err = Console(stderr=True)
 _DURATION = re.compile(r"^(\d+)([mhd])$")
@@ -254,6 +256,20 @@ def policy_check(
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
     typer.echo(f"policy {path} is valid; version {policy.version}")
+
+
+@approvals_app.command("expire")
+def approvals_expire() -> None:
+    """Expire every pending or approved request past its expiry (audited). Run from cron."""
+    from opsgate.web.services import Services
+
+    services = Services.build(get_settings())
+    origin = Origin(request_id=new_request_id(), ip=None, user_agent="opsgate-cli")
+    expired = services.approvals.expire_due(origin)
+    services.db.dispose()
+    for approval_id in expired:
+        typer.echo(approval_id)
+    err.print(f"{len(expired)} request(s) expired")
 
 
 def _audit_credential(

@@ -31,14 +31,14 @@ def test_disallowed_transition(current: ApprovalStatus, new: ApprovalStatus) -> 
 
 def test_every_status_has_an_entry_and_final_states_are_terminal() -> None:
     assert set(ALLOWED) == set(ALL)
-    assert TERMINAL == {
+    assert {
         ApprovalStatus.REJECTED,
         ApprovalStatus.CANCELLED,
         ApprovalStatus.EXPIRED,
         ApprovalStatus.SUCCEEDED,
         ApprovalStatus.FAILED,
         ApprovalStatus.STALE,
-    }
+    } == TERMINAL
 
 
 def test_execution_is_reachable_only_through_approved() -> None:

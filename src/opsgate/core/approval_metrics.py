@@ -29,11 +29,11 @@ def _percentile(values: list[float], fraction: float) -> float | None:
 
 
 def report(session: Session, *, since: datetime, until: datetime) -> list[dict[str, Any]]:
-    """One entry per action with requests created in [since, until)."""
+    """One entry per action with requests created in [since, until]."""
     requests = list(
         session.scalars(
             select(ApprovalRequest).where(
-                ApprovalRequest.created_at >= since, ApprovalRequest.created_at < until
+                ApprovalRequest.created_at >= since, ApprovalRequest.created_at <= until
             )
         )
     )

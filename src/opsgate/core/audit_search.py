@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from opsgate.core.errors import InvalidPayload
@@ -23,6 +23,7 @@ class AuditFilter:
     action: str | None = None
     target: str | None = None
     request_id: str | None = None
+    approval_id: str | None = None
     result: str | None = None
     since: datetime | None = None
     until: datetime | None = None
@@ -63,7 +64,15 @@ def search(session: Session, where: AuditFilter, *, cursor: str | None, limit: i
     if where.target:
         stmt = stmt.where(AuditRecord.target == where.target)
     if where.request_id:
-        stmt = stmt.where(AuditRecord.request_id == where.request_id)
+        # The original request ID or, for an approved request's run, its execution ID.
+        stmt = stmt.where(
+            or_(
+                AuditRecord.request_id == where.request_id,
+                AuditRecord.execution_request_id == where.request_id,
+            )
+        )
+    if where.approval_id:
+        stmt = stmt.where(AuditRecord.approval_id == where.approval_id)
     if where.result:
         stmt = stmt.where(AuditRecord.result == where.result)
     if where.since:
@@ -84,6 +93,8 @@ def as_dict(row: AuditRecord) -> dict[str, Any]:
         "seq": row.seq,
         "occurred_at": row.occurred_at.isoformat(),
         "request_id": row.request_id,
+        "execution_request_id": row.execution_request_id,
+        "approval_id": row.approval_id,
         "actor": {"id": row.actor_id, "name": row.actor_name, "roles": row.actor_roles}
         if row.actor_id
         else None,

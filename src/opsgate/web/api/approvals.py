@@ -70,7 +70,7 @@ def detail(approval: ApprovalRequest, actor: Actor, services: Services) -> dict[
         )
     approvals = sorted({d.approver_id for d in approval.decisions if d.decision == "approve"})
     return summary(approval, services, now) | {
-        "request_id": approval.request_id,
+        "original_request_id": approval.request_id,
         "payload": approval.payload,
         "payload_hash": approval.payload_hash,
         "policy_version": approval.policy_version,
