@@ -39,12 +39,14 @@ users_app = typer.Typer(help="Operators and their roles.", no_args_is_help=True)
 tokens_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 policy_app = typer.Typer(help="The policy file.", no_args_is_help=True)
 approvals_app = typer.Typer(help="Approval requests.", no_args_is_help=True)
+idempotency_app = typer.Typer(help="Stored idempotent answers.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(demo_app, name="demo")
 app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(policy_app, name="policy")
 app.add_typer(approvals_app, name="approvals")
+app.add_typer(idempotency_app, name="idempotency")
 
 err = Console(stderr=True)
 _DURATION = re.compile(r"^(\d+)([mhd])$")
@@ -270,6 +272,17 @@ def approvals_expire() -> None:
     for approval_id in expired:
         typer.echo(approval_id)
     err.print(f"{len(expired)} request(s) expired")
+
+
+@idempotency_app.command("prune")
+def idempotency_prune() -> None:
+    """Delete stored answers past their retention (OPSGATE_IDEMPOTENCY_RETENTION_HOURS)."""
+    from opsgate.web.services import Services
+
+    services = Services.build(get_settings())
+    removed = services.gateway.idempotency.prune(services.clock.now())
+    services.db.dispose()
+    err.print(f"{removed} stored answer(s) pruned")
 
 
 def _audit_credential(

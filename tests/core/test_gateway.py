@@ -25,26 +25,22 @@ from opsgate.domain.catalog import register
 from opsgate.domain.models import Customer, Note
 from tests.conftest import World
 
-POLICY = """
+ROLES = """
 [roles.clerk]
-description = "may add notes and probe"
+description = "may do everything"
 [roles.viewer]
 description = "may do nothing"
-[actions."customer.add_note"]
-allow = ["clerk"]
-[actions."account.block"]
-allow = ["clerk"]
-[actions."account.unblock"]
-allow = ["clerk"]
-[actions."kyc.rerun_check"]
-allow = ["clerk"]
-[actions."test.probe"]
-allow = ["clerk"]
 [capabilities."audit.read"]
 allow = []
 [capabilities."records.search"]
 allow = []
 """
+
+
+def policy_text(registry: Registry) -> str:
+    """Every registered action allowed to clerk, nothing else, no other controls."""
+    entries = "".join(f'[actions."{name}"]\nallow = ["clerk"]\n' for name in registry.names())
+    return ROLES + entries
 
 
 class Probe(Payload):
@@ -88,7 +84,7 @@ def gateway(db: Database, spy: Spy, clock: Any) -> Gateway:
     registry = Registry()
     register(registry)
     registry.add(ActionSpec("test.probe", "Probe", "test", RiskClass.WRITE, "customer", Probe, spy))
-    return Gateway(db, registry, parse_policy(POLICY, registry), clock)
+    return Gateway(db, registry, parse_policy(policy_text(registry), registry), clock)
 
 
 CLERK = Actor(id="usr_clerk", name="Clerk", roles=frozenset({"clerk"}), credential_id="tok_1")

@@ -35,6 +35,8 @@ class AuditResult(StrEnum):
     EXPIRED = "expired"
     STALE = "stale"
     WOULD_REQUIRE_APPROVAL = "would_require_approval"
+    LIMITED = "limited"
+    WOULD_BE_LIMITED = "would_be_limited"
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class AuditEntry:
     outcome: Mapping[str, Any] | None = None
     approval_id: str | None = None
     execution_request_id: str | None = None
+    flags: Mapping[str, Any] | None = None
 
 
 def json_safe(value: Any) -> Any:
@@ -93,6 +96,7 @@ def record(
         after=json_safe(entry.after) if entry.after is not None else None,
         outcome=json_safe(entry.outcome) if entry.outcome is not None else None,
         policy_version=policy_version,
+        flags=json_safe(entry.flags) if entry.flags else None,
     )
     session.add(row)
     session.flush()

@@ -48,6 +48,8 @@ class Condition(BaseModel):
     field: str = Field(pattern=FIELD_PATTERN)
     op: Op
     value: Scalar | list[Scalar]
+    # Compare the magnitude (e.g. a debit of -2,000.00 counts as 2,000.00).
+    abs: bool = False
 
     @property
     def source(self) -> str:
@@ -67,12 +69,15 @@ class Condition(BaseModel):
         if actual is None:
             return self.op in (Op.NE, Op.NOT_IN)
         try:
+            if self.abs:
+                actual = abs(actual)
             return bool(_COMPARE[self.op](actual, self.value))
         except TypeError:
             return True
 
     def describe(self) -> str:
-        return f"{self.field} {self.op} {self.value!r}"
+        field = f"|{self.field}|" if self.abs else self.field
+        return f"{field} {self.op} {self.value!r}"
 
 
 def all_hold(conditions: list[Condition], facts: Mapping[str, Mapping[str, Any]]) -> bool:

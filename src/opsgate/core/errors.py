@@ -23,6 +23,10 @@ class ProblemCode(StrEnum):
     APPROVAL_NOT_PENDING = "approval_not_pending"
     APPROVAL_EXPIRED = "approval_expired"
     STALE_APPROVAL = "stale_approval"
+    IDEMPOTENCY_KEY_REQUIRED = "idempotency_key_required"
+    IDEMPOTENCY_MISMATCH = "idempotency_mismatch"
+    IDEMPOTENCY_IN_FLIGHT = "idempotency_in_flight"
+    LIMIT_EXCEEDED = "limit_exceeded"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     INTERNAL_ERROR = "internal_error"
@@ -115,6 +119,30 @@ class StaleApproval(OpsgateError):
     title = "The approved request no longer matches"
 
 
+class IdempotencyKeyRequired(OpsgateError):
+    code = ProblemCode.IDEMPOTENCY_KEY_REQUIRED
+    status = 400
+    title = "An Idempotency-Key header is required"
+
+
+class IdempotencyMismatch(OpsgateError):
+    code = ProblemCode.IDEMPOTENCY_MISMATCH
+    status = 422
+    title = "The Idempotency-Key was used for a different request"
+
+
+class IdempotencyInFlight(OpsgateError):
+    code = ProblemCode.IDEMPOTENCY_IN_FLIGHT
+    status = 409
+    title = "A request with this Idempotency-Key is still running"
+
+
+class LimitExceeded(OpsgateError):
+    code = ProblemCode.LIMIT_EXCEEDED
+    status = 429
+    title = "Usage limit reached"
+
+
 class NotFound(OpsgateError):
     code = ProblemCode.NOT_FOUND
     status = 404
@@ -132,3 +160,42 @@ class DomainError(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+PROBLEM_TYPE = "urn:opsgate:problem:{code}"
+
+
+def problem_body(
+    *,
+    status: int,
+    code: ProblemCode | str,
+    title: str,
+    detail: str,
+    request_id: str,
+    errors: list[dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The RFC 9457 body every error takes (extension members: code, request_id, ...)."""
+    body: dict[str, Any] = (extra or {}) | {
+        "type": PROBLEM_TYPE.format(code=code),
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": str(code),
+        "request_id": request_id,
+    }
+    if errors:
+        body["errors"] = errors
+    return body
+
+
+def error_body(error: OpsgateError, request_id: str) -> dict[str, Any]:
+    return problem_body(
+        status=error.status,
+        code=error.code,
+        title=error.title,
+        detail=error.detail,
+        request_id=request_id,
+        errors=error.errors,
+        extra=error.extra,
+    )

@@ -1,9 +1,10 @@
 """The gateway: the one path every operator action takes.
 
-    actor ─► action (registry) ─► may start? (policy) ─► valid envelope and payload?
-      ─► target exists? (row-locked) ─► approval gate (off / monitor / enforce)
+    actor ─► action (registry) ─► may start? (policy) ─► Idempotency-Key present if needed?
+      ─► valid envelope and payload? ─► claim the key (or replay its stored answer)
+      ─► target exists? (row-locked) ─► usage limits ─► approval gate (off/monitor/enforce)
            ├─ gate applies: store an approval request, audit it, answer pending
-           └─ otherwise: handler + audit record in ONE transaction ─► result
+           └─ otherwise: handler + audit record (+ stored answer) in ONE transaction
 
 Every refusal on that path is audited with the caller's request ID before it is raised, and a
 handler's partial effects are rolled back before its refusal is recorded.
@@ -12,15 +13,16 @@ handler's partial effects are rolled back before its refusal is recorded.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session
 
+from opsgate.core import limits, near_duplicates
 from opsgate.core.actors import Actor, Origin
 from opsgate.core.approval_requests import open_request
 from opsgate.core.audit import AuditEntry, AuditResult, record
@@ -30,12 +32,22 @@ from opsgate.core.errors import (
     DomainRejected,
     Forbidden,
     InvalidPayload,
+    LimitExceeded,
     OpsgateError,
     TargetNotFound,
     UnknownAction,
+    error_body,
 )
+from opsgate.core.idempotency import Idempotency, check_key, request_hash
 from opsgate.core.policy import ControlMode, Policy
-from opsgate.core.registry import ActionContext, ActionSpec, Outcome, Registry, TargetRef
+from opsgate.core.registry import (
+    ActionContext,
+    ActionSpec,
+    Outcome,
+    Registry,
+    RiskClass,
+    TargetRef,
+)
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord
 
@@ -63,6 +75,49 @@ class ActionResult:
     audit_id: str
     result: Mapping[str, Any] | None = None
     approval_id: str | None = None
+    replayed: bool = False
+
+    @property
+    def http_status(self) -> int:
+        return 202 if self.approval_id is not None else 200
+
+    def body(self) -> dict[str, Any]:
+        if self.approval_id is not None:
+            return {
+                "status": self.status,
+                "approval_id": self.approval_id,
+                "request_id": self.request_id,
+                "audit_id": self.audit_id,
+            }
+        return {
+            "status": self.status,
+            "request_id": self.request_id,
+            "result": dict(self.result or {}),
+            "audit_id": self.audit_id,
+        }
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """The stored first answer to a request repeated with the same Idempotency-Key."""
+
+    http_status: int
+    stored: dict[str, Any]
+    replayed: bool = True
+
+    def body(self) -> dict[str, Any]:
+        return self.stored
+
+
+@dataclass(frozen=True)
+class KeyClaim:
+    """An Idempotency-Key held by the request being run."""
+
+    actor_id: str
+    key: str
+
+    def store(self, session: Session, status: int, body: Mapping[str, Any]) -> None:
+        Idempotency.complete(session, self.actor_id, self.key, status, body)
 
 
 @dataclass(frozen=True)
@@ -93,23 +148,40 @@ def validation_errors(exc: ValidationError, prefix: tuple[str, ...] = ()) -> lis
 class Gateway:
     """Runs actions through the control layer. One instance per process, shared by threads."""
 
-    def __init__(self, db: Database, registry: Registry, policy: Policy, clock: Clock) -> None:
+    def __init__(
+        self,
+        db: Database,
+        registry: Registry,
+        policy: Policy,
+        clock: Clock,
+        idempotency: Idempotency | None = None,
+    ) -> None:
         self.db = db
         self.registry = registry
         self.policy = policy
         self.clock = clock
+        self.idempotency = idempotency or Idempotency(
+            db, retention=timedelta(hours=24), lock_timeout=timedelta(minutes=5)
+        )
 
     def startable(self, actor: Actor) -> list[ActionSpec]:
         """The actions `actor` may start under the current policy, sorted by name."""
         return [s for s in self.registry.specs() if self.policy.may_start(actor.roles, s.name)]
 
     def submit(
-        self, actor: Actor, action: str, body: bytes | Mapping[str, Any], origin: Origin
-    ) -> ActionResult:
-        """Run `action` for `actor`, or hold it for approval, or raise the refusal.
+        self,
+        actor: Actor,
+        action: str,
+        body: bytes | Mapping[str, Any],
+        origin: Origin,
+        idempotency_key: str | None = None,
+    ) -> ActionResult | Replayed:
+        """Run `action` for `actor`, hold it for approval, replay its stored answer, or raise
+        the refusal.
 
-        Guarantees: the handler runs only after permission and validation passed; its effects
-        and its audit record commit together or not at all; every refusal is audited.
+        Guarantees: the handler runs only after permission and validation passed; its effects,
+        its audit record and its idempotent answer commit together or not at all; every
+        refusal is audited.
         """
         spec = self.registry.get(action)
         if spec is None:
@@ -127,8 +199,35 @@ class Gateway:
                 actor,
                 origin,
             )
+        try:
+            key = check_key(idempotency_key, required=spec.risk == RiskClass.MONEY_MOVING)
+        except OpsgateError as exc:
+            self.refuse(
+                exc, AuditEntry(action=spec.name, result=AuditResult.INVALID), actor, origin
+            )
         envelope, target, payload = self._validate(spec, body, actor, origin)
-        return self._execute(spec, envelope, target, payload, actor, origin)
+        if key is None:
+            return self._execute(spec, envelope, target, payload, actor, origin, None)
+        fingerprint = request_hash(spec.name, envelope.model_dump(mode="json"))
+        try:
+            replay = self.idempotency.claim(
+                actor.id, key, spec.name, fingerprint, origin.request_id, self.clock.now()
+            )
+        except OpsgateError as exc:
+            entry = AuditEntry(action=spec.name, result=AuditResult.INVALID, target=str(target))
+            self.refuse(exc, entry, actor, origin)
+        if replay is not None:
+            log.info("idempotent_replay", actor=actor.id, action=spec.name, status=replay.status)
+            return Replayed(replay.status, replay.body)
+        claim = KeyClaim(actor.id, key)
+        try:
+            return self._execute(spec, envelope, target, payload, actor, origin, claim)
+        except DomainRejected:
+            raise  # its answer is stored with its audit record
+        except BaseException:
+            # Nothing committed: a corrected or later retry may use the key again.
+            self.idempotency.release(actor.id, key)
+            raise
 
     def _validate(
         self, spec: ActionSpec, body: bytes | Mapping[str, Any], actor: Actor, origin: Origin
@@ -177,14 +276,16 @@ class Gateway:
         payload: BaseModel,
         actor: Actor,
         origin: Origin,
+        claim: KeyClaim | None,
     ) -> ActionResult:
         kind = self.registry.target_kind(spec.target_kind)
         assert kind is not None  # the registry refuses actions on unknown kinds
+        params = payload.model_dump(mode="json")
         base = AuditEntry(
             action=spec.name,
             result=AuditResult.SUCCEEDED,
             target=str(target),
-            parameters=payload.model_dump(mode="json"),
+            parameters=params,
             reason=envelope.reason,
         )
         with self.db.writing() as session:
@@ -198,10 +299,13 @@ class Gateway:
                     actor,
                     origin,
                 )
+            if spec.risk == RiskClass.MONEY_MOVING:
+                duplicates = near_duplicates.find(session, spec.name, str(target), params, now)
+                if duplicates:
+                    base = replace(base, flags={"near_duplicates": duplicates})
+            companions = self._limits(session, spec, base, actor, origin, params, now)
             ctx = self.context(session, actor, spec.name, origin.request_id, envelope.reason, now)
-            requirement = self.policy.approval_for(
-                spec.name, payload.model_dump(mode="json"), kind.snapshot(obj)
-            )
+            requirement = self.policy.approval_for(spec.name, params, kind.snapshot(obj))
             if requirement is not None and requirement.mode == ControlMode.ENFORCE:
                 try:
                     approval = open_request(
@@ -209,7 +313,8 @@ class Gateway:
                     )
                 except DomainError as exc:  # the preview already sees it cannot succeed
                     session.rollback()
-                    self.refuse(domain_refusal(exc), failed_entry(base, exc), actor, origin)
+                    self._refuse_domain(exc, base, actor, origin, claim, companions)
+                approval.flags = dict(base.flags) if base.flags else None
                 entry = replace(
                     base,
                     result=AuditResult.APPROVAL_REQUESTED,
@@ -217,17 +322,24 @@ class Gateway:
                     outcome={"rule": requirement.describe(), "quorum": approval.quorum},
                 )
                 row = self.write_audit(session, entry, actor, origin, now)
-                session.commit()
-                self.log_action(actor, entry, entry.result, row.id)
-                return ActionResult(
+                for companion in companions:
+                    self.write_audit(session, companion, actor, origin, now)
+                limits.record_use(
+                    session, self.policy, spec.name, actor.id, params, origin.request_id, now
+                )
+                result = ActionResult(
                     status="pending_approval",
                     request_id=origin.request_id,
                     audit_id=row.id,
                     approval_id=approval.id,
                 )
-            monitored = []
+                if claim is not None:
+                    claim.store(session, result.http_status, result.body())
+                session.commit()
+                self.log_action(actor, entry, entry.result, row.id)
+                return result
             if requirement is not None:  # monitor: run now, record what would have happened
-                monitored.append(
+                companions.append(
                     replace(
                         base,
                         result=AuditResult.WOULD_REQUIRE_APPROVAL,
@@ -238,13 +350,7 @@ class Gateway:
                 execution = self.run_handler(ctx, spec, obj, payload)
             except DomainError as exc:
                 session.rollback()
-                self.refuse(
-                    domain_refusal(exc),
-                    failed_entry(base, exc),
-                    actor,
-                    origin,
-                    also=monitored,
-                )
+                self._refuse_domain(exc, base, actor, origin, claim, companions)
             except Exception as exc:
                 session.rollback()
                 self._audit_crash(base, exc, actor, origin)
@@ -252,16 +358,75 @@ class Gateway:
             row = self.write_audit(
                 session, replace(base, **execution.audit_fields()), actor, origin, now
             )
-            for entry in monitored:
-                self.write_audit(session, entry, actor, origin, now)
+            for companion in companions:
+                self.write_audit(session, companion, actor, origin, now)
+            limits.record_use(
+                session, self.policy, spec.name, actor.id, params, origin.request_id, now
+            )
+            result = ActionResult(
+                status="succeeded",
+                request_id=origin.request_id,
+                audit_id=row.id,
+                result=execution.outcome.result,
+            )
+            if claim is not None:
+                claim.store(session, result.http_status, result.body())
             session.commit()
         self.log_action(actor, base, AuditResult.SUCCEEDED, row.id)
-        return ActionResult(
-            status="succeeded",
-            request_id=origin.request_id,
-            audit_id=row.id,
-            result=execution.outcome.result,
-        )
+        return result
+
+    def _limits(
+        self,
+        session: Session,
+        spec: ActionSpec,
+        base: AuditEntry,
+        actor: Actor,
+        origin: Origin,
+        params: Mapping[str, Any],
+        now: datetime,
+    ) -> list[AuditEntry]:
+        """Refuse (enforce) or note (monitor) the usage limits this request breaks."""
+        hits = limits.check(session, self.policy, spec.name, actor.id, params, now)
+        enforced = [hit for hit in hits if hit.rule.mode == ControlMode.ENFORCE]
+        if enforced:
+            session.rollback()
+            names = ", ".join(hit.rule.name for hit in enforced)
+            self.refuse(
+                LimitExceeded(
+                    f"This would exceed your usage limit ({names}) for {spec.name}; wait for "
+                    "the window to pass or ask someone else.",
+                    extra={"limits": [hit.describe() for hit in enforced]},
+                ),
+                replace(
+                    base,
+                    result=AuditResult.LIMITED,
+                    outcome={"limits": [hit.describe() for hit in enforced]},
+                ),
+                actor,
+                origin,
+            )
+        return [
+            replace(base, result=AuditResult.WOULD_BE_LIMITED, outcome={"limit": hit.describe()})
+            for hit in hits
+        ]
+
+    def _refuse_domain(
+        self,
+        exc: DomainError,
+        base: AuditEntry,
+        actor: Actor,
+        origin: Origin,
+        claim: KeyClaim | None,
+        companions: list[AuditEntry],
+    ) -> NoReturn:
+        error = domain_refusal(exc)
+        store = None
+        if claim is not None:
+
+            def store(session: Session) -> None:
+                claim.store(session, error.status, error_body(error, origin.request_id))
+
+        self.refuse(error, failed_entry(base, exc), actor, origin, also=companions, then=store)
 
     # --- building blocks shared with controlled execution (core/approvals.py) -------------
 
@@ -318,9 +483,11 @@ class Gateway:
         origin: Origin,
         *,
         also: Iterable[AuditEntry] = (),
+        then: Callable[[Session], None] | None = None,
     ) -> str:
         """Record a refusal (and any companion records) in its own transaction; return the
-        refusal's audit record ID."""
+        refusal's audit record ID. `then` runs in that transaction (e.g. to store the answer
+        of an idempotent request)."""
         completed = replace(
             entry,
             error_code=entry.error_code or error.code.value,
@@ -331,6 +498,8 @@ class Gateway:
             row = self.write_audit(session, completed, actor, origin, now)
             for extra in also:
                 self.write_audit(session, extra, actor, origin, now)
+            if then is not None:
+                then(session)
             session.commit()
             audit_id = row.id
         self.log_action(actor, completed, entry.result, audit_id)
@@ -344,8 +513,9 @@ class Gateway:
         origin: Origin,
         *,
         also: Iterable[AuditEntry] = (),
+        then: Callable[[Session], None] | None = None,
     ) -> NoReturn:
-        self.audit_refusal(error, entry, actor, origin, also=also)
+        self.audit_refusal(error, entry, actor, origin, also=also, then=then)
         raise error
 
     def _audit_crash(self, entry: AuditEntry, exc: Exception, actor: Actor, origin: Origin) -> None:

@@ -17,7 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from opsgate.core.canonical import digest
 from opsgate.core.conditions import Condition, all_hold
@@ -83,11 +83,49 @@ class ApprovalRule(_Strict):
         return parse_duration(self.expires_in)
 
 
+class LimitRule(_Strict):
+    """At most `max_count` uses, or `max_amount_minor` summed (by magnitude) over the
+    payload's `amount_field`, per actor within a rolling `window`."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    window: str
+    max_count: int | None = Field(default=None, ge=1)
+    max_amount_minor: int | None = Field(default=None, ge=1)
+    amount_field: str = "amount_minor"
+    mode: ControlMode = ControlMode.ENFORCE
+
+    @field_validator("window")
+    @classmethod
+    def _valid_window(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_measure(self) -> LimitRule:
+        if (self.max_count is None) == (self.max_amount_minor is None):
+            raise ValueError("set exactly one of max_count and max_amount_minor")
+        return self
+
+    @property
+    def period(self) -> timedelta:
+        return parse_duration(self.window)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "limit": self.name,
+            "mode": self.mode.value,
+            "window": self.window,
+            "max_count": self.max_count,
+            "max_amount_minor": self.max_amount_minor,
+        }
+
+
 class ActionEntry(_Strict):
     """Policy for one action: who may start it and which controls apply."""
 
     allow: list[str] = Field(description="roles that may start the action")
     approval: ApprovalRule | None = None
+    limits: list[LimitRule] = Field(default_factory=list)
 
     _normalise = field_validator("allow")(_sorted_unique)
 
@@ -181,6 +219,10 @@ class Policy:
                 )
         return None
 
+    def limits_for(self, action: str) -> list[LimitRule]:
+        entry = self.document.actions.get(action)
+        return list(entry.limits) if entry else []
+
     def may_approve(self, roles: frozenset[str], action: str) -> bool:
         """True when any of `roles` is an approver role of `action`'s approval rule."""
         entry = self.document.actions.get(action)
@@ -239,6 +281,7 @@ def _cross_check(document: PolicyDocument, registry: Registry) -> list[str]:
         problems += _unknown_roles(f"actions.{name}.allow", action_entry.allow, roles)
         if action_entry.approval is not None:
             problems += _check_approval(name, action_entry.approval, registry, roles)
+        problems += _check_limits(name, action_entry.limits, registry)
     for name in registry.names():
         if name not in document.actions:
             problems.append(f"actions.{name}: registered action has no policy entry")
@@ -273,6 +316,28 @@ def _check_approval(
                     f"{place}.tiers.{t}.when.{c}: {name} has no {condition.source} field "
                     f"{condition.name!r}"
                 )
+    return problems
+
+
+def _check_limits(name: str, limits: list[LimitRule], registry: Registry) -> list[str]:
+    problems = []
+    spec = registry.get(name)
+    names = [rule.name for rule in limits]
+    if len(set(names)) != len(names):
+        problems.append(f"actions.{name}.limits: limit names must be unique")
+    for n, rule in enumerate(limits):
+        if (
+            spec is not None
+            and rule.max_amount_minor is not None
+            and rule.amount_field not in spec.payload_model.model_fields
+        ):
+            problems.append(
+                f"actions.{name}.limits.{n}.amount_field: {name} has no payload field "
+                f"{rule.amount_field!r}"
+            )
+    fields = {rule.amount_field for rule in limits}
+    if len(fields) > 1:
+        problems.append(f"actions.{name}.limits: all limits of an action sum one amount_field")
     return problems
 
 

@@ -100,6 +100,8 @@ class AuditRecord(Base):
     before: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     outcome: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # Warnings raised by the control layer, e.g. near-duplicate money movement.
+    flags: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     policy_version: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
@@ -134,6 +136,8 @@ class ApprovalRequest(Base):
     target_version: Mapped[int] = mapped_column()
     proposed_change: Mapped[dict[str, Any]] = mapped_column(JSONType)
     rule: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    # Warnings for the reviewer, e.g. near-duplicate requests on the same target.
+    flags: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     quorum: Mapped[int] = mapped_column()
     approver_roles: Mapped[list[str]] = mapped_column(JSONType)
     status: Mapped[str] = mapped_column(String(16), index=True)
@@ -180,3 +184,42 @@ class ApprovalView(Base):
     approval_id: Mapped[str] = mapped_column(ForeignKey("approval_requests.id"), primary_key=True)
     viewer_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     first_viewed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class IdempotencyRecord(Base):
+    """The first outcome of a request made with an `Idempotency-Key`, scoped to its actor.
+
+    Claimed (`in_flight`) before the action runs; completed in the same transaction as the
+    action's effect, so a stored answer exists exactly when the effect does.
+    """
+
+    __tablename__ = "idempotency_records"
+
+    actor_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    action: Mapped[str] = mapped_column(String(128))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))
+    locked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    response_status: Mapped[int | None] = mapped_column()
+    response_body: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class UsageEvent(Base):
+    """One accepted use of an action by an actor, for usage limits (count or summed amount)."""
+
+    __tablename__ = "usage_events"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    actor_id: Mapped[str] = mapped_column(String(40))
+    action: Mapped[str] = mapped_column(String(128))
+    amount_minor: Mapped[int | None] = mapped_column(BigInteger)
+    request_id: Mapped[str] = mapped_column(String(128))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_usage_events_actor_action_time", "actor_id", "action", "occurred_at"),
+    )

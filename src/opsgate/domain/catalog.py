@@ -5,13 +5,14 @@ from __future__ import annotations
 from opsgate.core import admin_actions
 from opsgate.core.registry import Registry
 from opsgate.domain.actions import ACTIONS
+from opsgate.domain.money import MONEY_ACTIONS
 from opsgate.domain.targets import TARGET_KINDS
 
 
 def register(registry: Registry) -> None:
     for kind in TARGET_KINDS:
         registry.add_target_kind(kind)
-    for spec in ACTIONS:
+    for spec in (*ACTIONS, *MONEY_ACTIONS):
         registry.add(spec)
 
 

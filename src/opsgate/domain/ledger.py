@@ -32,9 +32,18 @@ class Leg:
 
 
 def post(
-    session: Session, legs: Sequence[Leg], *, kind: str, memo: str, now: datetime
+    session: Session,
+    legs: Sequence[Leg],
+    *,
+    kind: str,
+    memo: str,
+    now: datetime,
+    reference: str | None = None,
 ) -> LedgerTransaction:
-    """Post one balanced transaction and move the balances; raise UnbalancedTransaction."""
+    """Post one balanced transaction and move the balances; raise UnbalancedTransaction.
+
+    A `reference` is unique across the ledger: posting it twice fails with IntegrityError.
+    """
     if len(legs) < 2:
         raise UnbalancedTransaction("a transaction needs at least two legs")
     totals: dict[str, int] = defaultdict(int)
@@ -45,7 +54,9 @@ def post(
     if any(totals.values()):
         raise UnbalancedTransaction(f"legs do not balance: {dict(totals)}")
 
-    txn = LedgerTransaction(id=new_id("ltx"), kind=kind, memo=memo[:500], posted_at=now)
+    txn = LedgerTransaction(
+        id=new_id("ltx"), kind=kind, memo=memo[:500], posted_at=now, reference=reference
+    )
     session.add(txn)
     session.flush()
     for leg in legs:

@@ -39,6 +39,12 @@ class PaymentMethod(StrEnum):
     ACH = "ach"
 
 
+class PaymentStatus(StrEnum):
+    POSTED = "posted"
+    PARTIALLY_REVERSED = "partially_reversed"
+    REVERSED = "reversed"
+
+
 class PaymentDirection(StrEnum):
     INBOUND = "inbound"
     OUTBOUND = "outbound"
@@ -96,6 +102,9 @@ class LedgerTransaction(Base):
     kind: Mapped[str] = mapped_column(String(32))
     memo: Mapped[str] = mapped_column(String(500))
     posted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # At most one transaction per reference (e.g. one reversal per execution request): the
+    # ledger itself refuses a duplicate effect, whatever happened upstream.
+    reference: Mapped[str | None] = mapped_column(String(200), unique=True)
 
 
 class LedgerEntry(Base):
@@ -122,13 +131,37 @@ class Payment(Base):
     amount_minor: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
     counterparty: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16), default="posted")
+    status: Mapped[str] = mapped_column(String(24), default=PaymentStatus.POSTED)
+    # Sum of all reversals; the database refuses more than the payment was worth.
+    reversed_minor: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     ledger_transaction_id: Mapped[str] = mapped_column(ForeignKey("ledger_transactions.id"))
     posted_at: Mapped[datetime] = mapped_column(UTCDateTime())
     version: Mapped[int] = mapped_column(default=1)
 
-    __table_args__ = (CheckConstraint("amount_minor > 0", name="amount_positive"),)
+    __table_args__ = (
+        CheckConstraint("amount_minor > 0", name="amount_positive"),
+        CheckConstraint(
+            "reversed_minor >= 0 AND reversed_minor <= amount_minor", name="reversals_within_amount"
+        ),
+    )
     __mapper_args__ = {"version_id_col": version}
+
+
+class PaymentReversal(Base):
+    """One (full or partial) reversal of a payment, posted as its own ledger transaction."""
+
+    __tablename__ = "payment_reversals"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    payment_id: Mapped[str] = mapped_column(ForeignKey("payments.id"), index=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    reason_code: Mapped[str] = mapped_column(String(32))
+    ledger_transaction_id: Mapped[str] = mapped_column(ForeignKey("ledger_transactions.id"))
+    actor_id: Mapped[str] = mapped_column(String(40))
+    request_id: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (CheckConstraint("amount_minor > 0", name="amount_positive"),)
 
 
 class Note(Base):

@@ -59,6 +59,7 @@ def payment_state(p: Payment) -> dict[str, Any]:
         "amount_minor": p.amount_minor,
         "currency": p.currency,
         "status": p.status,
+        "reversed_minor": p.reversed_minor,
         "version": p.version,
     }
 
@@ -68,7 +69,17 @@ ACCOUNT_FIELDS = frozenset(
     {"id", "customer_id", "status", "blocked_reason", "currency", "balance_minor", "version"}
 )
 PAYMENT_FIELDS = frozenset(
-    {"id", "account_id", "direction", "method", "amount_minor", "currency", "status", "version"}
+    {
+        "id",
+        "account_id",
+        "direction",
+        "method",
+        "amount_minor",
+        "currency",
+        "status",
+        "reversed_minor",
+        "version",
+    }
 )
 
 TARGET_KINDS = (

@@ -11,7 +11,7 @@ from opsgate import __version__
 from opsgate.logging import configure_logging
 from opsgate.settings import Settings, get_settings
 from opsgate.web import bench, problems
-from opsgate.web.api import actions, approvals, audit, health, search
+from opsgate.web.api import actions, approvals, audit, controls, health, search
 from opsgate.web.middleware import RequestContextMiddleware
 from opsgate.web.services import Services
 
@@ -44,7 +44,7 @@ def create_app(
     )
     app.state.services = services
     problems.install(app)
-    for module in (actions, approvals, audit, search, health):
+    for module in (actions, approvals, audit, controls, search, health):
         app.include_router(module.router, prefix="/api/v1")
     if settings.bench_endpoints:
         app.include_router(bench.router)

@@ -9,9 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from opsgate.core.errors import OpsgateError, ProblemCode
+from opsgate.core.errors import OpsgateError, ProblemCode, problem_body
 
-PROBLEM_TYPE = "urn:opsgate:problem:{code}"
 MEDIA_TYPE = "application/problem+json"
 
 
@@ -26,16 +25,15 @@ def problem(
     headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
-    body: dict[str, Any] = (extra or {}) | {
-        "type": PROBLEM_TYPE.format(code=code),
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "code": str(code),
-        "request_id": request_id,
-    }
-    if errors:
-        body["errors"] = errors
+    body = problem_body(
+        status=status,
+        code=code,
+        title=title,
+        detail=detail,
+        request_id=request_id,
+        errors=errors,
+        extra=extra,
+    )
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from opsgate.core.actors import Actor, Origin
 from opsgate.core.approvals import Approvals
@@ -10,6 +11,7 @@ from opsgate.core.audit import AuditEntry, AuditResult
 from opsgate.core.clock import Clock, SystemClock
 from opsgate.core.errors import Forbidden
 from opsgate.core.gateway import Gateway
+from opsgate.core.idempotency import Idempotency
 from opsgate.core.policy import Capability, Policy, load_policy
 from opsgate.core.registry import Registry
 from opsgate.db.engine import Database
@@ -34,7 +36,12 @@ class Services:
         policy = load_policy(settings.policy, registry)
         db = Database(settings.database_url)
         clock = clock or SystemClock()
-        gateway = Gateway(db, registry, policy, clock)
+        idempotency = Idempotency(
+            db,
+            retention=timedelta(hours=settings.idempotency_retention_hours),
+            lock_timeout=timedelta(seconds=settings.idempotency_lock_timeout_seconds),
+        )
+        gateway = Gateway(db, registry, policy, clock, idempotency)
         return cls(settings, db, registry, policy, clock, gateway, Approvals(gateway))
 
     def require(self, actor: Actor, capability: Capability, origin: Origin) -> None:

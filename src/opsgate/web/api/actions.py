@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from opsgate.core.gateway import ActionEnvelope
@@ -42,30 +43,34 @@ def list_actions(actor: CurrentActor, services: ServicesDep, request: Request) -
             "content": {"application/json": {"schema": _ENVELOPE_SCHEMA}},
         }
     },
+    responses={
+        202: {"description": "Held for approval: `{status, approval_id, request_id}`"},
+        200: {"description": "Executed: `{status, request_id, result, audit_id}`"},
+    },
 )
 async def start_action(
     name: str,
     request: Request,
-    response: Response,
     actor: CurrentActor,
     services: ServicesDep,
     origin: OriginDep,
-) -> dict[str, Any]:
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JSONResponse:
     """Start an action. The body is validated by the gateway, after the permission check, so
-    that a caller without permission learns nothing about the payload's shape."""
+    that a caller without permission learns nothing about the payload's shape. Money-moving
+    actions need an `Idempotency-Key`; a retry with the same key replays the first answer
+    (`Idempotent-Replayed: true`)."""
     body = await request.body()
-    result = await run_in_threadpool(services.gateway.submit, actor, name, body, origin)
-    if result.approval_id is not None:
-        response.status_code = 202
-        return {
-            "status": result.status,
-            "approval_id": result.approval_id,
-            "request_id": result.request_id,
-            "audit_id": result.audit_id,
-        }
-    return {
-        "status": result.status,
-        "request_id": result.request_id,
-        "result": result.result,
-        "audit_id": result.audit_id,
-    }
+    result = await run_in_threadpool(
+        services.gateway.submit, actor, name, body, origin, idempotency_key
+    )
+    if result.replayed:
+        stored = result.body()
+        media_type = "application/problem+json" if result.http_status >= 400 else None
+        return JSONResponse(
+            stored,
+            status_code=result.http_status,
+            media_type=media_type,
+            headers={"Idempotent-Replayed": "true"},
+        )
+    return JSONResponse(result.body(), status_code=result.http_status)
