@@ -253,3 +253,35 @@ def logs() -> Callable[[], list[dict[str, Any]]]:
         return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
     return read
+
+
+def services_with_policy(services: Services, policy_text: str) -> Services:
+    """The same database and clock as `services`, under another policy."""
+    from opsgate.core.approvals import Approvals
+    from opsgate.core.gateway import Gateway
+    from opsgate.core.policy import parse_policy
+    from opsgate.domain.catalog import build_registry
+
+    registry = build_registry()
+    policy = parse_policy(policy_text, registry)
+    gateway = Gateway(
+        services.db, registry, policy, services.clock, services.gateway.idempotency
+    )
+    return Services(
+        services.settings,
+        services.db,
+        registry,
+        policy,
+        services.clock,
+        gateway,
+        Approvals(gateway),
+    )
+
+
+def demo_policy_with(replacements: dict[str, str]) -> str:
+    """The demo policy text with exact replacements (each must apply)."""
+    text = DEMO_POLICY.read_text()
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
