@@ -264,9 +264,7 @@ def services_with_policy(services: Services, policy_text: str) -> Services:
 
     registry = build_registry()
     policy = parse_policy(policy_text, registry)
-    gateway = Gateway(
-        services.db, registry, policy, services.clock, services.gateway.idempotency
-    )
+    gateway = Gateway(services.db, registry, policy, services.clock, services.gateway.idempotency)
     return Services(
         services.settings,
         services.db,
