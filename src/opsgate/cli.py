@@ -101,7 +101,7 @@ def serve(
     try:
         load_policy(settings.policy, build_registry())
     except PolicyError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from exc
     uvicorn.run(
         "opsgate.web.app:create_app",
@@ -236,7 +236,7 @@ def tokens_revoke(token_id: str) -> None:
         try:
             token = token_service.revoke_token(session, token_id, now=now)
         except NotFound as exc:
-            err.print(f"[red]{exc.detail}[/red]")
+            err.print(exc.detail, style="red", markup=False)
             raise typer.Exit(1) from exc
         _audit_credential(session, "token.revoke", token.user_id, token.id)
         session.commit()
@@ -255,7 +255,7 @@ def policy_check(
     try:
         policy = load_policy(path, build_registry())
     except PolicyError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(str(exc), style="red", markup=False)
         raise typer.Exit(1) from exc
     typer.echo(f"policy {path} is valid; version {policy.version}")
 

@@ -1,7 +1,7 @@
 """Writing the audit trail. Only the control layer calls `record`; handlers never do.
 
-A record is added to the caller's session, so that it commits, or rolls back, together with
-the change it describes.
+A record is appended to the hash chain in the caller's session, so that it commits, or rolls
+back, together with the change it describes.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from opsgate.core.actors import Actor, Origin
+from opsgate.core.audit_chain import append
 from opsgate.core.ids import new_id
 from opsgate.db.models import AuditRecord
 
@@ -98,6 +99,4 @@ def record(
         policy_version=policy_version,
         flags=json_safe(entry.flags) if entry.flags else None,
     )
-    session.add(row)
-    session.flush()
-    return row
+    return append(session, row)

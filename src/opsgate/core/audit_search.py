@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,8 @@ from opsgate.core.errors import InvalidPayload
 from opsgate.db.models import AuditRecord
 
 MAX_LIMIT = 500
+MAX_SEQ = 2**63 - 1
+_CURSOR = re.compile(r"s([1-9][0-9]{0,18})")
 
 
 @dataclass(frozen=True)
@@ -43,13 +46,15 @@ def decode_cursor(cursor: str) -> int:
     """Return the sequence number a cursor points below; raise InvalidPayload if malformed."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith("s"):
-            raise ValueError(raw)
-        return int(raw[1:])
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raw = ""
+    match = _CURSOR.fullmatch(raw)
+    if match is None or int(match.group(1)) > MAX_SEQ:
         raise InvalidPayload(
-            "The cursor is not one this API issued.", errors=[{"loc": ["query", "cursor"]}]
-        ) from exc
+            "The cursor is not one this API issued.",
+            errors=[{"loc": ["query", "cursor"], "msg": "unknown cursor"}],
+        )
+    return int(match.group(1))
 
 
 def search(session: Session, where: AuditFilter, *, cursor: str | None, limit: int) -> AuditPage:

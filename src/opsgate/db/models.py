@@ -75,10 +75,15 @@ class AuditRecord(Base):
 
     __tablename__ = "audit_records"
 
+    # Assigned by the chain (head.seq + 1) under the chain-head lock, never by the database,
+    # so that sequence order is exactly chain order.
     seq: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
     )
     id: Mapped[str] = mapped_column(String(40), unique=True)
+    # SHA-256 of the previous record's `hash` and of this record's canonical form.
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
     request_id: Mapped[str] = mapped_column(String(128))
     # Set on records of an approved request's execution: its own request ID, and the approval.
@@ -114,6 +119,43 @@ class AuditRecord(Base):
         Index("ix_audit_records_result_seq", "result", "seq"),
         Index("ix_audit_records_occurred_at", "occurred_at"),
     )
+
+
+class AuditChainHead(Base):
+    """The newest record of the chain (one row). Appends lock it, so the chain never forks,
+    and read it, so no append scans the table."""
+
+    __tablename__ = "audit_chain_head"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditArchive(Base):
+    """A segment of the chain exported to a file and removed from the table. The remaining
+    chain starts from `through_hash`."""
+
+    __tablename__ = "audit_archives"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    first_seq: Mapped[int] = mapped_column(BigInteger)
+    through_seq: Mapped[int] = mapped_column(BigInteger, unique=True)
+    through_hash: Mapped[str] = mapped_column(String(64))
+    records: Mapped[int] = mapped_column(BigInteger)
+    file_name: Mapped[str] = mapped_column(String(500))
+    file_sha256: Mapped[str] = mapped_column(String(64))
+    archived_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    archived_by: Mapped[str] = mapped_column(String(200))
+
+
+class AuditArchivePermit(Base):
+    """Present only inside `opsgate audit archive`'s transaction: the append-only triggers let
+    a DELETE through while a permit exists, and refuse every UPDATE and DELETE otherwise."""
+
+    __tablename__ = "audit_archive_permits"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
 
 
 class ApprovalRequest(Base):

@@ -49,17 +49,27 @@ class BlockAccount(Payload):
     reason_code: BlockReason = Field(description="Why the account is blocked")
 
 
-def preview_block(ctx: ActionContext, account: Account, payload: BlockAccount) -> Change:
-    before = account_state(account)
-    return Change(before, before | {"status": "blocked", "blocked_reason": payload.reason_code})
-
-
-def block_account(ctx: ActionContext, account: Account, payload: BlockAccount) -> Outcome:
+def _check_blockable(account: Account) -> None:
     if account.status == AccountStatus.BLOCKED:
         raise DomainError(
             "account_already_blocked",
             f"Account {account.id} is already blocked ({account.blocked_reason}).",
         )
+
+
+def _check_unblockable(account: Account) -> None:
+    if account.status != AccountStatus.BLOCKED:
+        raise DomainError("account_not_blocked", f"Account {account.id} is not blocked.")
+
+
+def preview_block(ctx: ActionContext, account: Account, payload: BlockAccount) -> Change:
+    _check_blockable(account)
+    before = account_state(account)
+    return Change(before, before | {"status": "blocked", "blocked_reason": payload.reason_code})
+
+
+def block_account(ctx: ActionContext, account: Account, payload: BlockAccount) -> Outcome:
+    _check_blockable(account)
     account.status = AccountStatus.BLOCKED
     account.blocked_reason = payload.reason_code
     return Outcome({"account_id": account.id, "status": account.status})
@@ -70,13 +80,13 @@ class UnblockAccount(Payload):
 
 
 def preview_unblock(ctx: ActionContext, account: Account, payload: UnblockAccount) -> Change:
+    _check_unblockable(account)
     before = account_state(account)
     return Change(before, before | {"status": "active", "blocked_reason": None})
 
 
 def unblock_account(ctx: ActionContext, account: Account, payload: UnblockAccount) -> Outcome:
-    if account.status != AccountStatus.BLOCKED:
-        raise DomainError("account_not_blocked", f"Account {account.id} is not blocked.")
+    _check_unblockable(account)
     account.status = AccountStatus.ACTIVE
     account.blocked_reason = None
     return Outcome({"account_id": account.id, "status": account.status})
@@ -89,15 +99,20 @@ class RerunKyc(Payload):
     pass
 
 
+def _check_screenable(customer: Customer) -> None:
+    if customer.status == CustomerStatus.CLOSED:
+        raise DomainError("customer_closed", f"Customer {customer.id} is closed.")
+
+
 def preview_kyc(ctx: ActionContext, customer: Customer, payload: RerunKyc) -> Change:
+    _check_screenable(customer)
     before = customer_state(customer)
     outcome = kyc.screen(customer)
     return Change(before, before | {"kyc_status": outcome.status, "kyc_checked_at": "(on run)"})
 
 
 def rerun_kyc(ctx: ActionContext, customer: Customer, payload: RerunKyc) -> Outcome:
-    if customer.status == CustomerStatus.CLOSED:
-        raise DomainError("customer_closed", f"Customer {customer.id} is closed.")
+    _check_screenable(customer)
     screening = kyc.screen(customer)
     customer.kyc_status = screening.status
     customer.kyc_checked_at = ctx.now

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
+from sqlalchemy import event
 
 import opsgate.db.models
 import opsgate.domain.models  # noqa: F401  (registers the demo tables)
@@ -21,6 +24,13 @@ def run_migrations() -> None:
             context.run_migrations()
         return
     engine = make_engine(url)
+    if engine.dialect.name == "sqlite":
+        # Batch migrations recreate tables; with foreign keys enforced, dropping a referenced
+        # table fails. Integrity is checked after the migration instead.
+        @event.listens_for(engine, "connect")
+        def _no_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.execute("PRAGMA foreign_keys=OFF")
+
     with engine.connect() as connection:
         context.configure(
             connection=connection,
@@ -30,6 +40,10 @@ def run_migrations() -> None:
         )
         with context.begin_transaction():
             context.run_migrations()
+        if connection.dialect.name == "sqlite":
+            broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise RuntimeError(f"foreign keys broken by the migration: {broken[:5]}")
     engine.dispose()
 
 

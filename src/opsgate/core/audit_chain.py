@@ -1,0 +1,205 @@
+"""The audit trail's hash chain (tamper evidence).
+
+Each record carries `prev_hash` and `hash = SHA-256(canonical record + prev_hash)`, where the
+canonical form is RFC 8785-style JSON (sorted keys, no insignificant whitespace, UTF-8, times
+as ISO 8601 UTC with microseconds). Appends lock the one-row chain head in the appending
+transaction, so two transactions can never both extend the same record, across processes;
+they read the head instead of scanning the table.
+
+Verification walks the chain in sequence order and names the first record that does not fit:
+an edited field, a deleted or inserted row, a swap, or a truncated tail (the head no longer
+matches the last record). A checkpoint (`SEQ:HASH`) kept outside the database proves even a
+complete rewrite by someone who can recompute hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from opsgate.core.canonical import canonical_json
+from opsgate.db.models import AuditArchive, AuditChainHead, AuditRecord
+
+GENESIS = "0" * 64
+HEAD_ID = 1
+# The fields a record's hash covers: every column but the hash itself.
+HASHED_FIELDS = (
+    "seq", "id", "occurred_at", "request_id", "execution_request_id", "approval_id",
+    "actor_id", "actor_name", "actor_roles", "credential_id", "origin_ip", "user_agent",
+    "action", "target", "parameters", "reason", "result", "error_code", "error_message",
+    "before", "after", "outcome", "flags", "policy_version", "prev_hash",
+)  # fmt: skip
+
+
+def _canonical_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+    return value
+
+
+def record_hash(row: AuditRecord) -> str:
+    """The hash a record must carry, from its own fields and its `prev_hash`."""
+    fields = {name: _canonical_value(getattr(row, name)) for name in HASHED_FIELDS}
+    return hashlib.sha256(canonical_json(fields).encode()).hexdigest()
+
+
+def append(session: Session, row: AuditRecord) -> AuditRecord:
+    """Chain `row` after the head, in the caller's transaction (which then holds the head's
+    lock until it commits or rolls back)."""
+    head = session.scalars(
+        select(AuditChainHead).where(AuditChainHead.id == HEAD_ID).with_for_update()
+    ).one()
+    row.seq = head.seq + 1
+    row.prev_hash = head.hash
+    row.hash = record_hash(row)
+    head.seq, head.hash = row.seq, row.hash
+    session.add(row)
+    session.flush()
+    return row
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    seq: int
+    hash: str
+
+    def __str__(self) -> str:
+        return f"{self.seq}:{self.hash}"
+
+    @classmethod
+    def parse(cls, text: str) -> Checkpoint:
+        """Parse `SEQ:HASH`; raise ValueError for anything else."""
+        seq, _, digest = text.strip().partition(":")
+        if (
+            not seq.isdigit()
+            or len(digest) != 64
+            or any(c not in "0123456789abcdef" for c in digest)
+        ):
+            raise ValueError("a checkpoint looks like 1234:<64 hex characters>")
+        return cls(int(seq), digest)
+
+
+def checkpoint(session: Session) -> Checkpoint:
+    """The current head, for operators to keep outside the database."""
+    head = session.get(AuditChainHead, HEAD_ID)
+    assert head is not None, "the audit chain head is missing (migrations not applied?)"
+    return Checkpoint(head.seq, head.hash)
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    entries: int
+    first_bad_id: str | None = None
+    first_bad_seq: int | None = None
+    problem: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "entries": self.entries,
+            "first_bad_id": self.first_bad_id,
+            "first_bad_seq": self.first_bad_seq,
+            "problem": self.problem,
+        }
+
+
+def _rows(session: Session, batch: int) -> Iterator[AuditRecord]:
+    last = -1
+    while True:
+        rows = list(
+            session.scalars(
+                select(AuditRecord)
+                .where(AuditRecord.seq > last)
+                .order_by(AuditRecord.seq)
+                .limit(batch)
+            )
+        )
+        yield from rows
+        if len(rows) < batch:
+            return
+        last = rows[-1].seq
+        session.expunge_all()  # constant memory, however long the chain
+
+
+def start_of_chain(session: Session) -> Checkpoint:
+    """Where the records in the table start: genesis, or the end of the last archive."""
+    archived = session.scalars(
+        select(AuditArchive).order_by(AuditArchive.through_seq.desc()).limit(1)
+    ).first()
+    if archived is None:
+        return Checkpoint(0, GENESIS)
+    return Checkpoint(archived.through_seq, archived.through_hash)
+
+
+def verify(
+    session: Session,
+    *,
+    against: Checkpoint | None = None,
+    progress: Callable[[int], None] | None = None,
+    batch: int = 2000,
+) -> Verification:
+    """Walk the whole chain; report the first record that breaks it, if any."""
+    expected = start_of_chain(session)
+    prev_seq, prev_hash = expected.seq, expected.hash
+    count = 0
+    seen_against = against is None or (against.seq, against.hash) == (expected.seq, expected.hash)
+    if against is not None and against.seq < expected.seq:
+        return Verification(
+            False,
+            0,
+            None,
+            against.seq,
+            "the checkpoint lies in an archived segment: verify the archive file",
+        )
+    for row in _rows(session, batch):
+        count += 1
+        if row.seq != prev_seq + 1:
+            return Verification(
+                False,
+                count,
+                row.id,
+                row.seq,
+                f"sequence jumps from {prev_seq} to {row.seq}: records are "
+                "missing or were inserted",
+            )
+        if row.prev_hash != prev_hash:
+            return Verification(
+                False, count, row.id, row.seq, "prev_hash does not match the previous record"
+            )
+        if record_hash(row) != row.hash:
+            return Verification(False, count, row.id, row.seq, "the record's content was altered")
+        if against is not None and row.seq == against.seq:
+            if row.hash != against.hash:
+                return Verification(
+                    False, count, row.id, row.seq, "the chain no longer extends the checkpoint"
+                )
+            seen_against = True
+        prev_seq, prev_hash = row.seq, row.hash
+        if progress is not None:
+            progress(1)
+    head = session.get(AuditChainHead, HEAD_ID)
+    if head is None or (head.seq, head.hash) != (prev_seq, prev_hash):
+        missing = prev_seq + 1
+        return Verification(
+            False,
+            count,
+            None,
+            missing,
+            f"records after {prev_seq} are missing (the head is at {head.seq if head else '?'})",
+        )
+    if not seen_against and against is not None:
+        return Verification(
+            False, count, None, against.seq, "the checkpoint's record is not in the chain"
+        )
+    return Verification(True, count)
+
+
+def count(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(AuditRecord)) or 0)
