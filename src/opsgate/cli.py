@@ -6,18 +6,22 @@ import getpass
 import json
 import re
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from sqlalchemy import func, select
 
+from opsgate.core import audit_chain, audit_files
 from opsgate.core import tokens as token_service
 from opsgate.core.actors import Actor, Origin
 from opsgate.core.audit import AuditEntry, AuditResult, record
-from opsgate.core.clock import SystemClock
+from opsgate.core.audit_search import AuditFilter, filtered
+from opsgate.core.clock import SystemClock, as_utc
 from opsgate.core.errors import NotFound
 from opsgate.core.policy import PolicyError, load_policy
 from opsgate.core.request_ids import new_request_id
@@ -40,6 +44,9 @@ tokens_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 policy_app = typer.Typer(help="The policy file.", no_args_is_help=True)
 approvals_app = typer.Typer(help="Approval requests.", no_args_is_help=True)
 idempotency_app = typer.Typer(help="Stored idempotent answers.", no_args_is_help=True)
+audit_app = typer.Typer(
+    help="The audit trail: verify, checkpoint, export, archive.", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 app.add_typer(demo_app, name="demo")
 app.add_typer(users_app, name="users")
@@ -47,6 +54,7 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(policy_app, name="policy")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(idempotency_app, name="idempotency")
+app.add_typer(audit_app, name="audit")
 
 err = Console(stderr=True)
 _DURATION = re.compile(r"^(\d+)([mhd])$")
@@ -283,6 +291,173 @@ def idempotency_prune() -> None:
     removed = services.gateway.idempotency.prune(services.clock.now())
     services.db.dispose()
     err.print(f"{removed} stored answer(s) pruned")
+
+
+def _progress(total: int, label: str) -> Progress:
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+        disable=total == 0,
+    )
+
+
+def _record_cli_read(db: Database, action: str, params: dict[str, object]) -> None:
+    with db.writing() as session:
+        record(
+            session,
+            AuditEntry(action=action, result=AuditResult.SUCCEEDED, parameters=params),
+            actor=_cli_actor(),
+            origin=Origin(request_id=new_request_id(), ip=None, user_agent="opsgate-cli"),
+            policy_version=_policy_version(),
+            now=SystemClock().now(),
+        )
+        session.commit()
+
+
+@audit_app.command("verify")
+def audit_verify(
+    against: Annotated[
+        str | None,
+        typer.Option(help="A checkpoint SEQ:HASH printed earlier by `audit checkpoint`."),
+    ] = None,
+) -> None:
+    """Walk the hash chain and name the first record that breaks it. Exit 1 if any does."""
+    checkpoint = None
+    if against:
+        try:
+            checkpoint = audit_chain.Checkpoint.parse(against)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--against") from exc
+    db = _database()
+    with db.reading() as session:
+        total = audit_chain.count(session)
+        with _progress(total, "verifying") as bar:
+            task = bar.add_task("verify", total=total)
+            result = audit_chain.verify(
+                session, against=checkpoint, progress=lambda n: bar.advance(task, n)
+            )
+    _record_cli_read(db, "audit.verify", {"ok": result.ok, "entries": result.entries})
+    db.dispose()
+    if result.ok:
+        extends = f", extends {checkpoint}" if checkpoint else ""
+        typer.echo(f"ok: {result.entries} records verified{extends}")
+        return
+    where = f"record {result.first_bad_id or '(missing)'} (seq {result.first_bad_seq})"
+    err.print(f"BROKEN at {where}: {result.problem}", style="red", markup=False)
+    raise typer.Exit(1)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint() -> None:
+    """Print the chain head as SEQ:HASH. Keep it outside the database (ticket, vault, email);
+    `audit verify --against` later proves the log still extends it."""
+    db = _database()
+    with db.reading() as session:
+        head = audit_chain.checkpoint(session)
+    db.dispose()
+    typer.echo(str(head))
+
+
+def _filters(
+    actor: str | None,
+    action: str | None,
+    target: str | None,
+    request_id: str | None,
+    result: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    text: str | None,
+) -> AuditFilter:
+    return AuditFilter(
+        actor=actor,
+        action=action,
+        target=target,
+        request_id=request_id,
+        result=result,
+        since=as_utc(since),
+        until=as_utc(until),
+        text=text,
+    )
+
+
+@audit_app.command("export")
+def audit_export(
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv")] = "jsonl",
+    out: Annotated[
+        Path | None, typer.Option(help="File to write (default: standard output)")
+    ] = None,
+    actor: Annotated[str | None, typer.Option(help="Actor ID")] = None,
+    action: Annotated[str | None, typer.Option()] = None,
+    target: Annotated[str | None, typer.Option()] = None,
+    request_id: Annotated[str | None, typer.Option()] = None,
+    result: Annotated[str | None, typer.Option()] = None,
+    since: Annotated[datetime | None, typer.Option(help="UTC unless an offset is given")] = None,
+    until: Annotated[datetime | None, typer.Option()] = None,
+    text: Annotated[str | None, typer.Option(help="Text in the reason")] = None,
+) -> None:
+    """Stream matching records, oldest first, in constant memory."""
+    if fmt not in ("jsonl", "csv"):
+        raise typer.BadParameter("jsonl or csv", param_hint="--format")
+    where = _filters(actor, action, target, request_id, result, since, until, text)
+    db = _database()
+    with db.reading() as session:
+        total = int(
+            session.scalar(select(func.count()).select_from(filtered(where).subquery())) or 0
+        )
+        handle = out.open("w", encoding="utf-8", newline="") if out else sys.stdout
+        try:
+            with _progress(total if out else 0, "exporting") as bar:
+                task = bar.add_task("export", total=total)
+                written = audit_files.export(
+                    session, where, handle, fmt=fmt, progress=lambda n: bar.advance(task, n)
+                )
+        finally:
+            if out:
+                handle.close()
+    _record_cli_read(db, "audit.export", where.as_params() | {"records": written})
+    db.dispose()
+    err.print(f"{written} records exported")
+
+
+@audit_app.command("archive")
+def audit_archive(
+    before: Annotated[datetime, typer.Option(help="Archive records older than this (UTC).")],
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where to write the archive file.")
+    ] = Path("."),
+) -> None:
+    """Export the verified chain prefix older than BEFORE to a file, then remove it from the
+    database (recorded in the chain). Default retention policy: keep 400 days."""
+    from opsgate.web.services import Services
+
+    services = Services.build(get_settings())
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        with _progress(1, "archiving") as bar:
+            task = bar.add_task("archive", total=None)
+            done = audit_files.archive(
+                services.db,
+                before=as_utc(before) or before,
+                directory=directory,
+                actor=_cli_actor(),
+                origin=Origin(request_id=new_request_id(), ip=None, user_agent="opsgate-cli"),
+                policy_version=services.policy.version,
+                now=services.clock.now(),
+                progress=lambda n: bar.advance(task, n),
+            )
+    except audit_files.ArchiveRefused as exc:
+        err.print(f"archive refused: {exc}", style="red", markup=False)
+        raise typer.Exit(1) from exc
+    finally:
+        services.db.dispose()
+    typer.echo(
+        f"archived {done.records} records (seq {done.first_seq}-{done.through_seq}) to "
+        f"{directory}, sha256 {done.file_sha256}; chain continues from {done.through_hash}"
+    )
 
 
 def _audit_credential(

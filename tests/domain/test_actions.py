@@ -318,11 +318,6 @@ def test_a_watchlist_name_goes_to_review(
     assert customer(db, ident).kyc_status == "review"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: kyc.screen compares customer.name.lower() to the watchlist verbatim, so extra "
-    "whitespace inside the name ('Viktor  Petrov') evades the watchlist and passes",
-)
 def test_a_watchlist_name_with_extra_spaces_still_goes_to_review(
     services: Services, db: Database, world: World
 ) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.exc import IntegrityError
 
 from opsgate.core.clock import FrozenClock
@@ -16,6 +18,7 @@ from opsgate.db.engine import Database
 from opsgate.domain import ledger
 from opsgate.domain.ledger import Leg, UnbalancedTransaction
 from opsgate.domain.models import Account, AccountKind, LedgerEntry, LedgerTransaction
+from tests.conftest import TestDatabase
 
 
 @dataclass(frozen=True)
@@ -186,12 +189,6 @@ def test_a_posting_to_an_unknown_account_leaves_nothing_written(
     _refused_nothing_written(db, books, clock, legs, (UnbalancedTransaction, IntegrityError))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: post() adds the LedgerEntry before the balance UPDATE; the UPDATE autoflushes "
-    "the entry, whose foreign key to the missing account fails first, so an unknown account "
-    "raises sqlalchemy IntegrityError instead of the documented UnbalancedTransaction",
-)
 def test_a_posting_to_an_unknown_account_is_refused_as_unbalanced(
     db: Database, books: Books, clock: FrozenClock
 ) -> None:
@@ -249,3 +246,55 @@ def test_concurrent_postings_to_one_account_never_lose_an_update(
     with db.reading() as session:
         assert ledger.entries_balance(session, books.usd_a) == after[books.usd_a]
         assert ledger.entries_balance(session, books.usd_settlement) == after[books.usd_settlement]
+
+
+def test_opposite_transfers_between_two_accounts_both_succeed(
+    request: pytest.FixtureRequest,
+    test_db: TestDatabase,
+    db: Database,
+    books: Books,
+    clock: FrozenClock,
+) -> None:
+    """A pays B while B pays A. Each posting's first balance UPDATE is held until the other's
+    has run too, the interleaving that row locks taken in leg order turn into a deadlock."""
+    if test_db.backend == "sqlite":
+        pytest.skip("SQLite serialises write transactions (BEGIN IMMEDIATE); no interleaving")
+    both_hold_one_lock = threading.Barrier(2)
+    seen = threading.local()
+
+    def after_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE ACCOUNTS") and not getattr(
+            seen, "first", False
+        ):
+            seen.first = True
+            # A correct post() may keep the other posting from reaching its UPDATE; then go on.
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both_hold_one_lock.wait(timeout=2)
+
+    event.listen(db.engine, "after_cursor_execute", after_execute)
+    before = balances(db)
+    errors: list[BaseException] = []
+
+    def transfer(legs: list[Leg]) -> None:
+        try:
+            with db.writing() as session:
+                ledger.post(session, legs, kind="transfer", memo="opposite", now=clock.now())
+                session.commit()
+        except BaseException as exc:  # reported to the main thread below
+            errors.append(exc)
+
+    a_to_b = [Leg(books.usd_a, -100, "USD"), Leg(books.usd_b, 100, "USD")]
+    b_to_a = [Leg(books.usd_b, -30, "USD"), Leg(books.usd_a, 30, "USD")]
+    threads = [threading.Thread(target=transfer, args=(legs,)) for legs in (a_to_b, b_to_a)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        event.remove(db.engine, "after_cursor_execute", after_execute)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    after = balances(db)
+    assert after[books.usd_a] - before[books.usd_a] == -70
+    assert after[books.usd_b] - before[books.usd_b] == 70

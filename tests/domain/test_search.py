@@ -160,14 +160,6 @@ def test_name_with_an_apostrophe_is_found(db: Database) -> None:
 def test_non_ascii_names_are_found_case_insensitively(
     request: pytest.FixtureRequest, test_db: TestDatabase, db: Database, world: World, query: str
 ) -> None:
-    if test_db.backend == "sqlite":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="BUG: search uses SQL lower() on the name, which on SQLite folds ASCII "
-                "only, so a name with a non-ASCII capital is not found even when typed exactly",
-            )
-        )
     target = world.customer(31)
     rename(db, target, "Ömer Çelik")
     assert customer_ids(find(db, query)) == [target]

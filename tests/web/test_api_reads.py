@@ -217,18 +217,19 @@ def test_audit_pages_are_newest_first_without_duplicates_or_gaps(
 def test_audit_pages_are_stable_while_new_records_arrive(client: TestClient, world: World) -> None:
     for n in range(5):
         probe(client, world, f"old-{n}")
-    first = read_audit(client, world, limit=2)
+    first = read_audit(client, world, limit=2, action="test.page")
     assert [i["request_id"] for i in first["items"]] == ["old-4", "old-3"]
     probe(client, world, "new-0")  # newer than the cursor: belongs to no later page
 
     rest: list[str] = []
     cursor = first["next_cursor"]
     while cursor:
-        body = read_audit(client, world, limit=2, cursor=cursor)
+        body = read_audit(client, world, limit=2, cursor=cursor, action="test.page")
         rest += [i["request_id"] for i in body["items"]]
         cursor = body["next_cursor"]
     assert [r for r in rest if r.startswith(("old-", "new-"))] == ["old-2", "old-1", "old-0"]
-    assert read_audit(client, world, limit=1)["items"][0]["request_id"] == "new-0"
+    newest = read_audit(client, world, limit=1, action="test.page")["items"][0]
+    assert newest["request_id"] == "new-0"
 
 
 @pytest.mark.parametrize("limit", ["0", "-1", "501", "10000", "ten", "1.5"])
@@ -244,7 +245,7 @@ def test_audit_limit_out_of_bounds_is_a_422_problem(
 def test_audit_limit_bounds_are_inclusive(client: TestClient, world: World, limit: int) -> None:
     for n in range(2):
         probe(client, world, f"lim-{n}")
-    body = read_audit(client, world, limit=limit)
+    body = read_audit(client, world, limit=limit, action="test.page")
     assert len(body["items"]) == min(limit, 2)
 
 
@@ -302,7 +303,9 @@ def test_only_roles_holding_audit_read_may_read_the_trail(
         )
         if services.policy.has(frozenset({role}), Capability.AUDIT_READ):
             assert response.status_code == 200, (role, response.text)
-            assert audit_rows(db, request_id) == []  # reads are not audited as refusals
+            # Reading the trail is itself recorded (PCI DSS 10.2.1.3), as a success.
+            [row] = audit_rows(db, request_id)
+            assert (row.action, row.result) == ("audit.read", "succeeded")
         else:
             assert_problem(response, 403, "forbidden")
             [row] = audit_rows(db, request_id)

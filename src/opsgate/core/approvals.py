@@ -36,6 +36,7 @@ from opsgate.core.errors import (
 from opsgate.core.gateway import Gateway, domain_refusal, failed_entry
 from opsgate.core.ids import new_id
 from opsgate.core.policy import Capability
+from opsgate.core.redaction import redact, sensitive_fields
 from opsgate.core.registry import TargetRef
 from opsgate.core.request_ids import new_request_id
 from opsgate.db.models import ApprovalDecision, ApprovalRequest, ApprovalView, User
@@ -407,7 +408,7 @@ class Approvals:
             base = _entry(
                 approval,
                 AuditResult.SUCCEEDED,
-                parameters=approval.payload,
+                parameters=redact(approval.payload, self._sensitive(approval.action)),
                 reason=approval.reason,
                 execution_request_id=execution_id,
             )
@@ -556,6 +557,10 @@ class Approvals:
         session.rollback()
         session.close()
         self.gateway.refuse(error, entry, actor, origin)
+
+    def _sensitive(self, action: str) -> frozenset[str]:
+        spec = self.gateway.registry.get(action)
+        return sensitive_fields(spec.payload_model) if spec else frozenset()
 
     def _status_of(self, approval_id: str) -> str:
         with self.db.reading() as session:

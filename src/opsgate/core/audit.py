@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from opsgate.core.actors import Actor, Origin
 from opsgate.core.audit_chain import append
 from opsgate.core.ids import new_id
+from opsgate.core.redaction import mask_text, redact
 from opsgate.db.models import AuditRecord
 
 
@@ -64,6 +65,10 @@ def json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def _clean(value: Mapping[str, Any] | None) -> Any:
+    return redact(json_safe(value)) if value is not None else None
+
+
 def record(
     session: Session,
     entry: AuditEntry,
@@ -88,15 +93,15 @@ def record(
         user_agent=origin.user_agent[:512] if origin.user_agent else None,
         action=entry.action[:128],
         target=entry.target[:200] if entry.target else None,
-        parameters=json_safe(entry.parameters) if entry.parameters is not None else None,
-        reason=entry.reason,
+        parameters=_clean(entry.parameters),
+        reason=mask_text(entry.reason) if entry.reason else entry.reason,
         result=entry.result.value,
         error_code=entry.error_code,
-        error_message=entry.error_message,
-        before=json_safe(entry.before) if entry.before is not None else None,
-        after=json_safe(entry.after) if entry.after is not None else None,
-        outcome=json_safe(entry.outcome) if entry.outcome is not None else None,
+        error_message=mask_text(entry.error_message) if entry.error_message else None,
+        before=_clean(entry.before),
+        after=_clean(entry.after),
+        outcome=_clean(entry.outcome),
         policy_version=policy_version,
-        flags=json_safe(entry.flags) if entry.flags else None,
+        flags=_clean(entry.flags) if entry.flags else None,
     )
     return append(session, row)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from opsgate.core.errors import InvalidPayload
@@ -30,6 +30,16 @@ class AuditFilter:
     result: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    # Free text, matched case-insensitively anywhere in the reason.
+    text: str | None = None
+
+    def as_params(self) -> dict[str, str]:
+        """The filters given, as strings (for recording the search itself)."""
+        return {
+            name: value.isoformat() if isinstance(value, datetime) else str(value)
+            for name, value in vars(self).items()
+            if value is not None
+        }
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,16 @@ def search(session: Session, where: AuditFilter, *, cursor: str | None, limit: i
     """One page of records matching every given filter, newest first."""
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidPayload(f"limit must be between 1 and {MAX_LIMIT}.")
+    stmt = filtered(where)
+    if cursor:
+        stmt = stmt.where(AuditRecord.seq < decode_cursor(cursor))
+    rows = list(session.scalars(stmt.order_by(AuditRecord.seq.desc()).limit(limit + 1)))
+    next_cursor = encode_cursor(rows[limit - 1].seq) if len(rows) > limit else None
+    return AuditPage(items=rows[:limit], next_cursor=next_cursor)
+
+
+def filtered(where: AuditFilter) -> Select[Any]:
+    """A SELECT of the records matching every filter given (unordered)."""
     stmt = select(AuditRecord)
     if where.actor:
         stmt = stmt.where(AuditRecord.actor_id == where.actor)
@@ -84,18 +104,17 @@ def search(session: Session, where: AuditFilter, *, cursor: str | None, limit: i
         stmt = stmt.where(AuditRecord.occurred_at >= where.since)
     if where.until:
         stmt = stmt.where(AuditRecord.occurred_at < where.until)
-    if cursor:
-        stmt = stmt.where(AuditRecord.seq < decode_cursor(cursor))
-    rows = list(session.scalars(stmt.order_by(AuditRecord.seq.desc()).limit(limit + 1)))
-    next_cursor = encode_cursor(rows[limit - 1].seq) if len(rows) > limit else None
-    return AuditPage(items=rows[:limit], next_cursor=next_cursor)
+    if where.text:
+        stmt = stmt.where(
+            func.lower(AuditRecord.reason).contains(where.text.lower(), autoescape=True)
+        )
+    return stmt
 
 
 def as_dict(row: AuditRecord) -> dict[str, Any]:
     """The public JSON form of an audit record."""
     return {
         "id": row.id,
-        "seq": row.seq,
         "occurred_at": row.occurred_at.isoformat(),
         "request_id": row.request_id,
         "execution_request_id": row.execution_request_id,
@@ -114,5 +133,9 @@ def as_dict(row: AuditRecord) -> dict[str, Any]:
         "before": row.before,
         "after": row.after,
         "outcome": row.outcome,
+        "flags": row.flags,
         "policy_version": row.policy_version,
+        "seq": row.seq,
+        "prev_hash": row.prev_hash,
+        "hash": row.hash,
     }

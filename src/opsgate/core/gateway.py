@@ -40,6 +40,7 @@ from opsgate.core.errors import (
 )
 from opsgate.core.idempotency import Idempotency, check_key, request_hash
 from opsgate.core.policy import ControlMode, Policy
+from opsgate.core.redaction import redact, sensitive_fields
 from opsgate.core.registry import (
     ActionContext,
     ActionSpec,
@@ -133,7 +134,7 @@ class Execution:
         return {
             "before": self.before if changed else None,
             "after": self.after if changed else None,
-            "outcome": dict(self.outcome.result),
+            "outcome": dict(self.outcome.audited),
         }
 
 
@@ -285,12 +286,13 @@ class Gateway:
             action=spec.name,
             result=AuditResult.SUCCEEDED,
             target=str(target),
-            parameters=params,
+            parameters=redact(params, sensitive_fields(spec.payload_model)),
             reason=envelope.reason,
         )
         with self.db.writing() as session:
             now = self.clock.now()
-            obj = kind.load(session, target.id, True)
+            # Reads need no lock; anything that changes the target locks it until commit.
+            obj = kind.load(session, target.id, spec.risk != RiskClass.READ)
             if obj is None:
                 session.rollback()
                 self.refuse(

@@ -30,4 +30,4 @@ def new_id(prefix: str) -> str:
 
 def looks_like_id(value: str) -> bool:
     """True when `value` has the shape of an opsgate identifier."""
-    return bool(_ID_RE.match(value))
+    return bool(_ID_RE.fullmatch(value))

@@ -251,6 +251,9 @@ def parse_policy(text: str, registry: Registry, *, source: str = "<policy>") -> 
         for error in exc.errors():
             message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
             problems.append(f"{_place(error['loc'])}: {message}")
+        # Report the cross-references too, as far as the raw file allows, so that one run
+        # names every mistake.
+        problems += [p for p in _raw_cross_check(raw, registry) if p not in problems]
         raise PolicyError(source, problems) from exc
 
     problems = _cross_check(document, registry)
@@ -266,6 +269,8 @@ def load_policy(path: Path, registry: Registry) -> Policy:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError(str(path), [f"cannot read: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise PolicyError(str(path), [f"cannot read: not UTF-8 ({exc.reason})"]) from exc
     return parse_policy(text, registry, source=str(path))
 
 
@@ -273,7 +278,7 @@ def _cross_check(document: PolicyDocument, registry: Registry) -> list[str]:
     problems = []
     roles = set(document.roles)
     for role in sorted(roles):
-        if not _ROLE_NAME.match(role):
+        if not _ROLE_NAME.fullmatch(role):
             problems.append(f"roles.{role}: role names are lower snake case")
     for name, action_entry in sorted(document.actions.items()):
         if registry.get(name) is None:
@@ -292,6 +297,26 @@ def _cross_check(document: PolicyDocument, registry: Registry) -> list[str]:
         problems += _unknown_roles(f"capabilities.{name}.allow", cap_entry.allow, roles)
     for name in sorted(known_capabilities - set(document.capabilities)):
         problems.append(f"capabilities.{name}: capability has no policy entry")
+    return problems
+
+
+def _raw_cross_check(raw: dict[str, Any], registry: Registry) -> list[str]:
+    """Role and action references of a file that did not validate as a whole."""
+    roles_raw = raw.get("roles")
+    actions_raw = raw.get("actions")
+    if not isinstance(roles_raw, dict) or not isinstance(actions_raw, dict):
+        return []
+    roles = set(roles_raw)
+    problems = []
+    for name, entry in sorted(actions_raw.items()):
+        if registry.get(name) is None:
+            problems.append(f"actions.{name}: no such action is registered")
+        allow = entry.get("allow") if isinstance(entry, dict) else None
+        if isinstance(allow, list):
+            problems += _unknown_roles(f"actions.{name}.allow", [str(a) for a in allow], roles)
+    for name in registry.names():
+        if name not in actions_raw:
+            problems.append(f"actions.{name}: registered action has no policy entry")
     return problems
 
 

@@ -47,7 +47,7 @@ class TargetRef:
     def parse(cls, value: str) -> TargetRef:
         """Parse `kind:id`; raise ValueError when the string has another shape."""
         kind, sep, ident = value.partition(":")
-        if not sep or not _TARGET_KIND.match(kind) or not ident or len(ident) > 64:
+        if not sep or not _TARGET_KIND.fullmatch(kind) or not ident or len(ident) > 64:
             raise ValueError("target must look like 'kind:id', e.g. 'account:acc_01J...'")
         return cls(kind, ident)
 
@@ -74,9 +74,15 @@ class ActionContext:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a handler returns: a JSON-serialisable result shown to the caller and audited."""
+    """What a handler returns: a JSON-serialisable result shown to the caller and, unless
+    `audit` says otherwise (e.g. for revealed PII), recorded in the audit trail."""
 
     result: Mapping[str, Any] = field(default_factory=dict)
+    audit: Mapping[str, Any] | None = None
+
+    @property
+    def audited(self) -> Mapping[str, Any]:
+        return self.result if self.audit is None else self.audit
 
 
 @dataclass(frozen=True)
@@ -142,7 +148,7 @@ class Registry:
 
     def add_target_kind(self, kind: TargetKind) -> None:
         """Register a target kind; raise RegistryError on a bad or duplicate name."""
-        if not _TARGET_KIND.match(kind.name):
+        if not _TARGET_KIND.fullmatch(kind.name):
             raise RegistryError(f"target kind {kind.name!r} must be lower snake case")
         if kind.name in self._kinds:
             raise RegistryError(f"target kind {kind.name!r} is registered twice")
@@ -152,7 +158,7 @@ class Registry:
 
     def add(self, spec: ActionSpec) -> None:
         """Register an action; raise RegistryError when it breaks a registry rule."""
-        if not _ACTION_NAME.match(spec.name):
+        if not _ACTION_NAME.fullmatch(spec.name):
             raise RegistryError(f"action {spec.name!r} must be named noun.verb in snake case")
         if spec.name in self._actions:
             raise RegistryError(f"action {spec.name!r} is registered twice")

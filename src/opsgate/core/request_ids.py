@@ -14,7 +14,7 @@ def is_well_formed(value: str | None) -> bool:
 
 
 def new_request_id() -> str:
-    """Return a fresh request ID (`req_` and 26 random base32 characters)."""
+    """Return a fresh request ID (`req_` and 26 random hex characters)."""
     return "req_" + secrets.token_hex(13)
 
 

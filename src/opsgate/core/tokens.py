@@ -105,7 +105,8 @@ def touch(session: Session, token_id: str, *, now: datetime) -> None:
         update(ApiToken)
         .where(ApiToken.id == token_id)
         .where(
-            (ApiToken.last_used_at.is_(None)) | (ApiToken.last_used_at < now - LAST_USED_RESOLUTION)
+            (ApiToken.last_used_at.is_(None))
+            | (ApiToken.last_used_at <= now - LAST_USED_RESOLUTION)
         )
         .values(last_used_at=now)
     )

@@ -22,7 +22,7 @@ def ensure_user(
     session: Session, username: str, display_name: str, roles: tuple[str, ...], *, now: datetime
 ) -> User:
     """Return the user named `username`, creating it with `roles` when it does not exist."""
-    if not _USERNAME.match(username):
+    if not _USERNAME.fullmatch(username):
         raise ValueError("usernames are 2-64 characters of a-z, 0-9, '.', '_' or '-'")
     user = find_user(session, username)
     if user is None:

@@ -122,6 +122,23 @@ def rerun_kyc(ctx: ActionContext, customer: Customer, payload: RerunKyc) -> Outc
     )
 
 
+# --- customer.view_pii --------------------------------------------------------------------
+
+
+class ViewPii(Payload):
+    pass
+
+
+def view_pii(ctx: ActionContext, customer: Customer, payload: ViewPii) -> Outcome:
+    # The audit record says that PII was revealed and which fields, never the values.
+    revealed = {"name": customer.name, "email": customer.email, "phone": customer.phone}
+    return Outcome(revealed, audit={"revealed_fields": sorted(revealed)})
+
+
+def preview_view_pii(ctx: ActionContext, customer: Customer, payload: ViewPii) -> Change:
+    return Change({"pii_visible": False}, {"pii_visible": True})
+
+
 ACTIONS = (
     ActionSpec(
         name="customer.add_note",
@@ -162,5 +179,15 @@ ACTIONS = (
         payload_model=RerunKyc,
         handler=rerun_kyc,
         preview=preview_kyc,
+    ),
+    ActionSpec(
+        name="customer.view_pii",
+        label="Reveal personal data",
+        description="Show the customer's name, email and phone in full. Every reveal is audited.",
+        risk=RiskClass.READ,
+        target_kind="customer",
+        payload_model=ViewPii,
+        handler=view_pii,
+        preview=preview_view_pii,
     ),
 )

@@ -33,6 +33,6 @@ def screen(customer: Customer) -> Screening:
         findings.append("name_incomplete")
     if findings:
         return Screening(KycStatus.FAILED, findings)
-    if customer.name.lower() in WATCHLIST:
+    if " ".join(customer.name.split()).casefold() in WATCHLIST:
         return Screening(KycStatus.REVIEW, ["watchlist_name_match"])
     return Screening(KycStatus.PASSED, [])

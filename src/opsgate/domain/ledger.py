@@ -54,21 +54,10 @@ def post(
     if any(totals.values()):
         raise UnbalancedTransaction(f"legs do not balance: {dict(totals)}")
 
-    txn = LedgerTransaction(
-        id=new_id("ltx"), kind=kind, memo=memo[:500], posted_at=now, reference=reference
-    )
-    session.add(txn)
-    session.flush()
-    for leg in legs:
-        session.add(
-            LedgerEntry(
-                id=new_id("len"),
-                transaction_id=txn.id,
-                account_id=leg.account_id,
-                amount_minor=leg.amount_minor,
-                currency=leg.currency,
-            )
-        )
+    # Balances move first, in account order: every posting locks its accounts in the same
+    # order, so two opposite transfers cannot deadlock; an unknown account or a currency
+    # mismatch is refused before anything is written.
+    for leg in sorted(legs, key=lambda leg: leg.account_id):
         moved = session.execute(
             update(Account)
             .where(Account.id == leg.account_id, Account.currency == leg.currency)
@@ -76,6 +65,21 @@ def post(
         )
         if moved.rowcount != 1:  # type: ignore[attr-defined]
             raise UnbalancedTransaction(f"no {leg.currency} account {leg.account_id}")
+    txn = LedgerTransaction(
+        id=new_id("ltx"), kind=kind, memo=memo[:500], posted_at=now, reference=reference
+    )
+    session.add(txn)
+    session.flush()
+    session.add_all(
+        LedgerEntry(
+            id=new_id("len"),
+            transaction_id=txn.id,
+            account_id=leg.account_id,
+            amount_minor=leg.amount_minor,
+            currency=leg.currency,
+        )
+        for leg in legs
+    )
     session.flush()
     return txn
 

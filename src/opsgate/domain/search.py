@@ -82,8 +82,12 @@ def search(session: Session, query: str, *, limit: int = 20) -> SearchResults:
     elif _PHONE_CHARS.match(q) and len(digits := re.sub(r"\D", "", q)) >= 4:
         stmt = select(Customer).where(Customer.phone.endswith(digits, autoescape=True))
     else:
+        # A name fragment, or the start of an email address typed without its domain.
         stmt = select(Customer).where(
-            func.lower(Customer.name).contains(q.lower(), autoescape=True)
+            or_(
+                func.lower(Customer.name).contains(q.lower(), autoescape=True),
+                Customer.email.startswith(q.lower(), autoescape=True),
+            )
         )
     customers = session.scalars(stmt.order_by(Customer.name, Customer.id).limit(limit)).all()
     found.customers = [_customer(c) for c in customers]

@@ -30,6 +30,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        services.record_startup()
         yield
         services.db.dispose()
 

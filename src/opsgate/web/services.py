@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import timedelta
 
+from opsgate import __version__
 from opsgate.core.actors import Actor, Origin
 from opsgate.core.approvals import Approvals
 from opsgate.core.audit import AuditEntry, AuditResult
@@ -14,6 +16,7 @@ from opsgate.core.gateway import Gateway
 from opsgate.core.idempotency import Idempotency
 from opsgate.core.policy import Capability, Policy, load_policy
 from opsgate.core.registry import Registry
+from opsgate.core.request_ids import new_request_id
 from opsgate.db.engine import Database
 from opsgate.domain.catalog import build_registry
 from opsgate.settings import Settings
@@ -43,6 +46,23 @@ class Services:
         )
         gateway = Gateway(db, registry, policy, clock, idempotency)
         return cls(settings, db, registry, policy, clock, gateway, Approvals(gateway))
+
+    def record_startup(self) -> None:
+        """Audit that this process started and which policy it loaded (PCI DSS 10.2.1.6)."""
+        origin = Origin(request_id=new_request_id(), ip=None, user_agent=f"opsgate/{__version__}")
+        entry = AuditEntry(
+            action="system.start",
+            result=AuditResult.SUCCEEDED,
+            parameters={
+                "pid": os.getpid(),
+                "version": __version__,
+                "policy_source": self.policy.source,
+                "database": self.db.dialect,
+            },
+        )
+        with self.db.writing() as session:
+            self.gateway.write_audit(session, entry, None, origin, self.clock.now())
+            session.commit()
 
     def require(self, actor: Actor, capability: Capability, origin: Origin) -> None:
         """Raise Forbidden (audited) unless `actor` holds `capability`."""

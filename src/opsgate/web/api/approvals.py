@@ -16,6 +16,7 @@ from opsgate.core.approval_states import ApprovalStatus
 from opsgate.core.approvals import Decision, DecisionResult
 from opsgate.core.clock import as_utc
 from opsgate.core.policy import Capability
+from opsgate.core.redaction import redact, sensitive_fields
 from opsgate.core.registry import TargetRef
 from opsgate.db.models import ApprovalRequest, AuditRecord
 from opsgate.web.deps import CurrentActor, OriginDep, ServicesDep
@@ -56,6 +57,7 @@ def summary(approval: ApprovalRequest, services: Services, now: datetime) -> dic
 
 def detail(approval: ApprovalRequest, actor: Actor, services: Services) -> dict[str, Any]:
     now = services.clock.now()
+    spec = services.registry.get(approval.action)
     target = TargetRef.parse(approval.target)
     kind = services.registry.target_kind(target.kind)
     with services.db.reading() as session:
@@ -71,7 +73,7 @@ def detail(approval: ApprovalRequest, actor: Actor, services: Services) -> dict[
     approvals = sorted({d.approver_id for d in approval.decisions if d.decision == "approve"})
     return summary(approval, services, now) | {
         "original_request_id": approval.request_id,
-        "payload": approval.payload,
+        "payload": redact(approval.payload, sensitive_fields(spec.payload_model) if spec else ()),
         "payload_hash": approval.payload_hash,
         "policy_version": approval.policy_version,
         "policy_current": approval.policy_version == services.policy.version,

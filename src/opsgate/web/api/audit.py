@@ -1,4 +1,5 @@
-"""`/audit`: search the audit trail (roles holding `audit.read`)."""
+"""`/audit`: search and verify the audit trail (roles holding `audit.read`). Reading the
+audit trail is itself recorded in it (PCI DSS 10.2.1.3)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,40 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from opsgate.core import audit_search
+from opsgate.core import audit_chain, audit_search
+from opsgate.core.actors import Actor, Origin
+from opsgate.core.audit import AuditEntry, AuditResult
 from opsgate.core.clock import as_utc
+from opsgate.core.errors import InvalidPayload
 from opsgate.core.policy import Capability
-from opsgate.web.deps import ServicesDep, require
+from opsgate.web.deps import OriginDep, ServicesDep, require
+from opsgate.web.services import Services
 
 router = APIRouter(tags=["audit"])
 
+AuditReader = Annotated[Actor, require(Capability.AUDIT_READ)]
 
-@router.get("/audit", dependencies=[require(Capability.AUDIT_READ)])
+
+def record_read(
+    services: Services, actor: Actor, origin: Origin, action: str, params: dict[str, Any]
+) -> None:
+    with services.db.writing() as session:
+        services.gateway.write_audit(
+            session,
+            AuditEntry(action=action, result=AuditResult.SUCCEEDED, parameters=params),
+            actor,
+            origin,
+            services.clock.now(),
+        )
+        session.commit()
+
+
+@router.get("/audit")
 def search_audit(
     request: Request,
     services: ServicesDep,
+    reader: AuditReader,
+    origin: OriginDep,
     actor: Annotated[str | None, Query(max_length=64)] = None,
     action: Annotated[str | None, Query(max_length=128)] = None,
     target: Annotated[str | None, Query(max_length=200)] = None,
@@ -27,10 +50,12 @@ def search_audit(
     result: Annotated[str | None, Query(max_length=32)] = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    q: Annotated[str | None, Query(max_length=200, description="Text in the reason")] = None,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=audit_search.MAX_LIMIT)] = 50,
 ) -> dict[str, Any]:
-    """Audit records matching every filter given, newest first; follow `next_cursor`."""
+    """Audit records matching every filter given, newest first; follow `next_cursor`.
+    `request_id` matches a record's original request ID or its execution request ID."""
     where = audit_search.AuditFilter(
         actor=actor,
         action=action,
@@ -40,12 +65,44 @@ def search_audit(
         result=result,
         since=as_utc(since),
         until=as_utc(until),
+        text=q,
     )
     with services.db.reading() as session:
         page = audit_search.search(session, where, cursor=cursor, limit=limit)
         items = [audit_search.as_dict(row) for row in page.items]
+    record_read(
+        services, reader, origin, "audit.read", where.as_params() | {"returned": len(items)}
+    )
     return {
         "request_id": request.scope["state"]["request_id"],
         "items": items,
         "next_cursor": page.next_cursor,
     }
+
+
+@router.get("/audit/verify")
+def verify_audit(
+    request: Request,
+    services: ServicesDep,
+    reader: AuditReader,
+    origin: OriginDep,
+    against: Annotated[
+        str | None, Query(description="A checkpoint SEQ:HASH kept elsewhere")
+    ] = None,
+) -> dict[str, Any]:
+    """Walk the hash chain; `ok`, how many entries, and the first bad record if any."""
+    checkpoint = None
+    if against:
+        try:
+            checkpoint = audit_chain.Checkpoint.parse(against)
+        except ValueError as exc:
+            raise InvalidPayload(str(exc), errors=[{"loc": ["query", "against"]}]) from exc
+    with services.db.reading() as session:
+        result = audit_chain.verify(session, against=checkpoint)
+        head = audit_chain.checkpoint(session)
+    record_read(
+        services, reader, origin, "audit.verify", {"ok": result.ok, "entries": result.entries}
+    )
+    return {"request_id": request.scope["state"]["request_id"], "head": str(head)} | (
+        result.as_dict()
+    )

@@ -1,0 +1,85 @@
+"""Keeping secrets and sensitive data out of the audit trail (PCI DSS 3.3/3.4 spirit).
+
+- Payload fields an action marks `sensitive` (``Field(json_schema_extra={"sensitive":
+  True})``) are stored masked.
+- Keys that name credentials (password, secret, token, ...) are always masked.
+- Free text is scanned: Luhn-valid card numbers (13-19 digits, spaces or dashes allowed) keep
+  only their last four digits; national-ID-like values (US SSN, UK NINO) are masked.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel
+
+MASK = "[redacted]"
+_SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "authorization",
+                 "cookie", "private_key", "otp")  # fmt: skip
+# Digits with optional single spaces or dashes between them, not touching other word chars.
+_CARD = re.compile(r"(?<![0-9A-Za-z])\d(?:[ -]?\d){12,18}(?![0-9A-Za-z])")
+_SSN = re.compile(r"(?<![0-9A-Za-z])\d{3}-\d{2}-\d{4}(?![0-9A-Za-z])")
+_NINO = re.compile(
+    r"(?<![0-9A-Za-z])[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]"
+    r"(?![0-9A-Za-z])",
+    re.IGNORECASE,
+)
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = int(char)
+        if index % 2 == 1:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+def _mask_card(match: re.Match[str]) -> str:
+    digits = re.sub(r"\D", "", match.group(0))
+    if 13 <= len(digits) <= 19 and luhn_valid(digits):
+        return f"[card ending {digits[-4:]}]"
+    return match.group(0)
+
+
+def mask_text(text: str) -> str:
+    """Mask card numbers and national-ID-like values in free text."""
+    text = _CARD.sub(_mask_card, text)
+    text = _SSN.sub("[national id]", text)
+    return _NINO.sub("[national id]", text)
+
+
+def is_secret_key(key: str) -> bool:
+    """True for keys naming a credential; identifiers of one (`token_id`) are not secret."""
+    lowered = key.lower()
+    if lowered.endswith("_id") or lowered.endswith("_ids"):
+        return False
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def sensitive_fields(model: type[BaseModel]) -> frozenset[str]:
+    """Names of the model's fields marked `sensitive`."""
+    marked = set()
+    for name, field in model.model_fields.items():
+        extra = field.json_schema_extra
+        if isinstance(extra, dict) and extra.get("sensitive") is True:
+            marked.add(name)
+    return frozenset(marked)
+
+
+def redact(value: Any, sensitive: Iterable[str] = ()) -> Any:
+    """A copy of `value` with sensitive keys, secret-named keys and sensitive text masked."""
+    keys = frozenset(sensitive)
+    if isinstance(value, dict):
+        return {
+            k: MASK if (k in keys or is_secret_key(str(k))) and v is not None else redact(v, keys)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(item, keys) for item in value]
+    if isinstance(value, str):
+        return mask_text(value)
+    return value
