@@ -18,9 +18,9 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from opsgate.core.canonical import canonical_json
@@ -49,18 +49,29 @@ def record_hash(row: AuditRecord) -> str:
     return hashlib.sha256(canonical_json(fields).encode()).hexdigest()
 
 
+_HEAD = cast(Table, AuditChainHead.__table__)
+_RECORDS = cast(Table, AuditRecord.__table__)
+_COLUMNS = tuple(column.key for column in _RECORDS.columns)
+_LOCK_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID).with_for_update()
+_MOVE_HEAD = (
+    update(_HEAD)
+    .where(_HEAD.c.id == HEAD_ID)
+    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)
+
+
 def append(session: Session, row: AuditRecord) -> AuditRecord:
     """Chain `row` after the head, in the caller's transaction (which then holds the head's
-    lock until it commits or rolls back)."""
-    head = session.scalars(
-        select(AuditChainHead).where(AuditChainHead.id == HEAD_ID).with_for_update()
+    lock until it commits or rolls back). `row` is written with plain SQL and stays
+    detached: three statements, none of which reads the records table."""
+    seq, prev = session.execute(
+        select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID).with_for_update()
     ).one()
-    row.seq = head.seq + 1
-    row.prev_hash = head.hash
+    row.seq = seq + 1
+    row.prev_hash = prev
     row.hash = record_hash(row)
-    head.seq, head.hash = row.seq, row.hash
-    session.add(row)
-    session.flush()
+    session.execute(insert(_RECORDS), [{key: getattr(row, key) for key in _COLUMNS}])
+    session.execute(update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(seq=row.seq, hash=row.hash))
     return row
 
 

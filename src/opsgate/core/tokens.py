@@ -6,14 +6,15 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy.orm import Session
 
 from opsgate.core.actors import Actor
 from opsgate.core.errors import NotFound, Unauthenticated
 from opsgate.core.ids import new_id
-from opsgate.db.models import ApiToken, User
+from opsgate.db.models import ApiToken, User, UserRole
 
 TOKEN_PREFIX = "ogt_"  # noqa: S105  (a public prefix, not a secret)
 # last_used_at is a hint for humans reviewing tokens, not an exact counter: writing it on
@@ -60,6 +61,30 @@ def revoke_token(session: Session, token_id: str, *, now: datetime) -> ApiToken:
     return token
 
 
+_TOKENS = cast(Table, ApiToken.__table__)
+_USERS = cast(Table, User.__table__)
+_ROLES = cast(Table, UserRole.__table__)
+_BY_SECRET = (
+    select(
+        _TOKENS.c.id,
+        _TOKENS.c.expires_at,
+        _TOKENS.c.revoked_at,
+        _TOKENS.c.last_used_at,
+        _USERS.c.id.label("user_id"),
+        _USERS.c.display_name,
+        _USERS.c.is_active,
+        _ROLES.c.role,
+    )
+    .select_from(
+        _TOKENS.join(_USERS, _USERS.c.id == _TOKENS.c.user_id).outerjoin(
+            _ROLES, _ROLES.c.user_id == _USERS.c.id
+        )
+    )
+    .where(_TOKENS.c.secret_hash == bindparam("secret_hash"))
+)
+_REFUSED = "The bearer token is unknown, expired or revoked."
+
+
 @dataclass(frozen=True)
 class Authentication:
     actor: Actor
@@ -75,25 +100,18 @@ def authenticate(session: Session, secret: str | None, *, now: datetime) -> Auth
     """
     if not secret:
         raise Unauthenticated("A bearer token is required (Authorization: Bearer <token>).")
-    token = (
-        session.scalars(
-            select(ApiToken)
-            .options(joinedload(ApiToken.user).joinedload(User.roles))
-            .where(ApiToken.secret_hash == hash_secret(secret))
-        )
-        .unique()
-        .one_or_none()
-    )
-    if (
-        token is None
-        or token.revoked_at is not None
-        or token.expires_at <= now
-        or not token.user.is_active
-    ):
-        raise Unauthenticated("The bearer token is unknown, expired or revoked.")
-    user = token.user
+    # One plain SQL round trip (a row per role): this runs on every API request.
+    rows = session.connection().execute(_BY_SECRET, {"secret_hash": hash_secret(secret)}).all()
+    if not rows:
+        raise Unauthenticated(_REFUSED)
+    token = rows[0]
+    if token.revoked_at is not None or token.expires_at <= now or not token.is_active:
+        raise Unauthenticated(_REFUSED)
     actor = Actor(
-        id=user.id, name=user.display_name, roles=user.role_names(), credential_id=token.id
+        id=token.user_id,
+        name=token.display_name,
+        roles=frozenset(row.role for row in rows if row.role is not None),
+        credential_id=token.id,
     )
     stale = token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION
     return Authentication(actor=actor, needs_touch=stale)

@@ -4,27 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from opsgate.core.registry import TargetKind
 from opsgate.domain.models import Account, AccountKind, Customer, Payment
 
 
-def _load_customer(session: Session, ident: str, lock: bool) -> Customer | None:
-    stmt = select(Customer).where(Customer.id == ident)
-    return session.scalars(stmt.with_for_update() if lock else stmt).one_or_none()
+def _loader(model: Any, *conditions: Any) -> Any:
+    """A target loader with its two statements built once (plain and row-locking)."""
+    plain = select(model).where(model.id == bindparam("ident"), *conditions)
+    locking = plain.with_for_update()
+
+    def load(session: Session, ident: str, lock: bool) -> Any:
+        stmt = locking if lock else plain
+        return session.scalars(stmt, {"ident": ident}).one_or_none()
+
+    return load
 
 
-def _load_account(session: Session, ident: str, lock: bool) -> Account | None:
-    # System accounts (settlement, adjustments) are not operator targets.
-    stmt = select(Account).where(Account.id == ident, Account.kind == AccountKind.CUSTOMER)
-    return session.scalars(stmt.with_for_update() if lock else stmt).one_or_none()
-
-
-def _load_payment(session: Session, ident: str, lock: bool) -> Payment | None:
-    stmt = select(Payment).where(Payment.id == ident)
-    return session.scalars(stmt.with_for_update() if lock else stmt).one_or_none()
+_load_customer = _loader(Customer)
+# System accounts (settlement, adjustments) are not operator targets.
+_load_account = _loader(Account, Account.kind == AccountKind.CUSTOMER)
+_load_payment = _loader(Payment)
 
 
 def customer_state(c: Customer) -> dict[str, Any]:

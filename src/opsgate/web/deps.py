@@ -14,7 +14,7 @@ from opsgate.core.policy import Capability
 from opsgate.web.services import Services
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -22,7 +22,7 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_origin(request: Request) -> Origin:
+async def get_origin(request: Request) -> Origin:
     return Origin(
         request_id=str(request.scope["state"]["request_id"]),
         ip=request.client.host if request.client else None,
@@ -38,8 +38,9 @@ def _bearer(request: Request) -> str | None:
     return secret.strip() or None if scheme.lower() == "bearer" else None
 
 
-def get_actor(request: Request, services: ServicesDep, origin: OriginDep) -> Actor:
-    """Authenticate the bearer token; an unknown, expired or revoked one is audited and 401."""
+def authenticate(request: Request, services: Services, origin: Origin) -> Actor:
+    """Authenticate the bearer token; an unknown, expired or revoked one is audited and 401.
+    Blocking: call it from a worker thread."""
     now = services.clock.now()
     try:
         with services.db.reading() as session:
@@ -62,6 +63,10 @@ def get_actor(request: Request, services: ServicesDep, origin: OriginDep) -> Act
             session.commit()
     request.scope["state"]["actor_id"] = auth.actor.id
     return auth.actor
+
+
+def get_actor(request: Request, services: ServicesDep, origin: OriginDep) -> Actor:
+    return authenticate(request, services, origin)
 
 
 CurrentActor = Annotated[Actor, Depends(get_actor)]

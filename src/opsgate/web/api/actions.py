@@ -8,8 +8,8 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from opsgate.core.gateway import ActionEnvelope
-from opsgate.web.deps import CurrentActor, OriginDep, ServicesDep
+from opsgate.core.gateway import ActionEnvelope, ActionResult, Replayed
+from opsgate.web.deps import CurrentActor, OriginDep, ServicesDep, authenticate
 
 router = APIRouter(tags=["actions"])
 
@@ -51,7 +51,6 @@ def list_actions(actor: CurrentActor, services: ServicesDep, request: Request) -
 async def start_action(
     name: str,
     request: Request,
-    actor: CurrentActor,
     services: ServicesDep,
     origin: OriginDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
@@ -61,9 +60,13 @@ async def start_action(
     actions need an `Idempotency-Key`; a retry with the same key replays the first answer
     (`Idempotent-Replayed: true`)."""
     body = await request.body()
-    result = await run_in_threadpool(
-        services.gateway.submit, actor, name, body, origin, idempotency_key
-    )
+
+    def run() -> ActionResult | Replayed:
+        # Authentication and the action share one worker thread: the hot path of the API.
+        actor = authenticate(request, services, origin)
+        return services.gateway.submit(actor, name, body, origin, idempotency_key)
+
+    result = await run_in_threadpool(run)
     if result.replayed:
         stored = result.body()
         media_type = "application/problem+json" if result.http_status >= 400 else None
