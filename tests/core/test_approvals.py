@@ -442,7 +442,7 @@ def test_handler_refusal_at_execution_marks_failed(
         services.approvals.decide(
             approval_id, actor(world, "olga"), Decision.APPROVE, None, origin("hf-1")
         )
-    assert caught.value.extra["status"] == "failed"
+    assert caught.value.extra["approval_status"] == "failed"
     row = approval(db, approval_id)
     assert (row.status, row.error_code) == ("failed", "domain_rejected:account_not_blocked")
     assert audits(db, approval_id)[-1].result == "failed"

@@ -190,7 +190,7 @@ class Approvals:
                 session.commit()
                 refusal = ApprovalExpired(
                     f"The request expired at {approval.expires_at.isoformat()}.",
-                    extra={"approval_id": approval.id, "status": approval.status},
+                    extra={"approval_id": approval.id, "approval_status": approval.status},
                 )
             if refusal is not None:
                 invalid = isinstance(refusal, InvalidPayload)
@@ -278,7 +278,7 @@ class Approvals:
     def _decision_refusal(
         self, approval: ApprovalRequest, actor: Actor, decision: str, comment: str | None
     ) -> OpsgateError | None:
-        ids = {"approval_id": approval.id, "status": approval.status}
+        ids = {"approval_id": approval.id, "approval_status": approval.status}
         if decision not in (Decision.APPROVE, Decision.REJECT):
             return InvalidPayload(f"Unknown decision {decision!r}.")
         if comment is not None and len(comment) > MAX_COMMENT_LENGTH:
@@ -312,7 +312,7 @@ class Approvals:
             approval = self._load(
                 session, approval_id, actor, origin, AuditResult.DENIED, lock=True
             )
-            ids = {"approval_id": approval.id, "status": approval.status}
+            ids = {"approval_id": approval.id, "approval_status": approval.status}
             refusal: OpsgateError | None = None
             if actor.id != approval.requester_id:
                 refusal = Forbidden("Only the requester may cancel a request.", extra=ids)
@@ -391,7 +391,7 @@ class Approvals:
                 session.commit()
                 raise ApprovalExpired(
                     "The request expired before it could execute.",
-                    extra={"approval_id": approval_id, "status": S.EXPIRED.value},
+                    extra={"approval_id": approval_id, "approval_status": S.EXPIRED.value},
                 )
             won = session.execute(
                 update(ApprovalRequest)
@@ -434,7 +434,7 @@ class Approvals:
                     f"Not executed: {checked}.",
                     extra={
                         "approval_id": approval_id,
-                        "status": S.STALE.value,
+                        "approval_status": S.STALE.value,
                         "execution_request_id": execution_id,
                     },
                 )
@@ -472,7 +472,7 @@ class Approvals:
                     raise domain_refusal(
                         failure,
                         approval_id=approval_id,
-                        status=S.FAILED.value,
+                        approval_status=S.FAILED.value,
                         execution_request_id=execution_id,
                     ) from failure
                 raise failure

@@ -39,6 +39,7 @@ class AuditResult(StrEnum):
     WOULD_REQUIRE_APPROVAL = "would_require_approval"
     LIMITED = "limited"
     WOULD_BE_LIMITED = "would_be_limited"
+    REPLAYED = "replayed"
 
 
 @dataclass(frozen=True)

@@ -218,7 +218,20 @@ class Gateway:
             entry = AuditEntry(action=spec.name, result=AuditResult.INVALID, target=str(target))
             self.refuse(exc, entry, actor, origin)
         if replay is not None:
-            log.info("idempotent_replay", actor=actor.id, action=spec.name, status=replay.status)
+            # A retry is an attempt too: record who repeated what, and what they were told.
+            self.audit_note(
+                AuditEntry(
+                    action=spec.name,
+                    result=AuditResult.REPLAYED,
+                    target=str(target),
+                    outcome={
+                        "http_status": replay.status,
+                        "original_request_id": replay.body.get("request_id"),
+                    },
+                ),
+                actor,
+                origin,
+            )
             return Replayed(replay.status, replay.body)
         claim = KeyClaim(actor.id, key)
         try:
@@ -323,23 +336,22 @@ class Gateway:
                     approval_id=approval.id,
                     outcome={"rule": requirement.describe(), "quorum": approval.quorum},
                 )
-                row = self.write_audit(session, entry, actor, origin, now)
-                for companion in companions:
-                    self.write_audit(session, companion, actor, origin, now)
-                limits.record_use(
-                    session, self.policy, spec.name, actor.id, params, origin.request_id, now
+                return self._accept(
+                    session,
+                    entry,
+                    companions,
+                    actor,
+                    origin,
+                    claim,
+                    now,
+                    params,
+                    lambda audit_id: ActionResult(
+                        status="pending_approval",
+                        request_id=origin.request_id,
+                        audit_id=audit_id,
+                        approval_id=approval.id,
+                    ),
                 )
-                result = ActionResult(
-                    status="pending_approval",
-                    request_id=origin.request_id,
-                    audit_id=row.id,
-                    approval_id=approval.id,
-                )
-                if claim is not None:
-                    claim.store(session, result.http_status, result.body())
-                session.commit()
-                self.log_action(actor, entry, entry.result, row.id)
-                return result
             if requirement is not None:  # monitor: run now, record what would have happened
                 companions.append(
                     replace(
@@ -357,24 +369,48 @@ class Gateway:
                 session.rollback()
                 self._audit_crash(base, exc, actor, origin)
                 raise
-            row = self.write_audit(
-                session, replace(base, **execution.audit_fields()), actor, origin, now
+            return self._accept(
+                session,
+                replace(base, **execution.audit_fields()),
+                companions,
+                actor,
+                origin,
+                claim,
+                now,
+                params,
+                lambda audit_id: ActionResult(
+                    status="succeeded",
+                    request_id=origin.request_id,
+                    audit_id=audit_id,
+                    result=execution.outcome.result,
+                ),
             )
-            for companion in companions:
-                self.write_audit(session, companion, actor, origin, now)
-            limits.record_use(
-                session, self.policy, spec.name, actor.id, params, origin.request_id, now
-            )
-            result = ActionResult(
-                status="succeeded",
-                request_id=origin.request_id,
-                audit_id=row.id,
-                result=execution.outcome.result,
-            )
-            if claim is not None:
-                claim.store(session, result.http_status, result.body())
-            session.commit()
-        self.log_action(actor, base, AuditResult.SUCCEEDED, row.id)
+
+    def _accept(
+        self,
+        session: Session,
+        entry: AuditEntry,
+        companions: list[AuditEntry],
+        actor: Actor,
+        origin: Origin,
+        claim: KeyClaim | None,
+        now: datetime,
+        params: Mapping[str, Any],
+        result_for: Callable[[str], ActionResult],
+    ) -> ActionResult:
+        """Finish an accepted request in its transaction: its audit record and companions,
+        its use toward limits, its idempotent answer; then commit."""
+        row = self.write_audit(session, entry, actor, origin, now)
+        for companion in companions:
+            self.write_audit(session, companion, actor, origin, now)
+        limits.record_use(
+            session, self.policy, entry.action, actor.id, params, origin.request_id, now
+        )
+        result = result_for(row.id)
+        if claim is not None:
+            claim.store(session, result.http_status, result.body())
+        session.commit()
+        self.log_action(actor, entry, entry.result, row.id)
         return result
 
     def _limits(
@@ -507,6 +543,15 @@ class Gateway:
         self.log_action(actor, completed, entry.result, audit_id)
         return audit_id
 
+    def audit_note(self, entry: AuditEntry, actor: Actor | None, origin: Origin) -> str:
+        """Record something that changed nothing (a replay, a read) in its own transaction."""
+        with self.db.writing() as session:
+            row = self.write_audit(session, entry, actor, origin, self.clock.now())
+            session.commit()
+            audit_id = row.id
+        self.log_action(actor, entry, entry.result, audit_id)
+        return audit_id
+
     def refuse(
         self,
         error: OpsgateError,
@@ -537,6 +582,7 @@ class Gateway:
             result=result.value,
             error_code=entry.error_code,
             approval_id=entry.approval_id,
+            execution_request_id=entry.execution_request_id,
             audit_id=audit_id,
         )
 

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from opsgate.domain.models import Account, AccountKind, Customer, Payment
+from opsgate.domain.models import Account, AccountKind, Customer, Note, Payment
 
 _ID = re.compile(r"^(cus|acc|pay)_([0-9a-z]{26})$", re.IGNORECASE)
 _PHONE_CHARS = re.compile(r"^[\d\s()+.-]+$")
@@ -92,3 +92,57 @@ def search(session: Session, query: str, *, limit: int = 20) -> SearchResults:
     customers = session.scalars(stmt.order_by(Customer.name, Customer.id).limit(limit)).all()
     found.customers = [_customer(c) for c in customers]
     return found
+
+
+def customer_overview(session: Session, customer_id: str) -> dict[str, Any] | None:
+    """A customer's record as an operator first sees it (phone masked), with their accounts,
+    latest payments and notes; None when there is no such customer."""
+    customer = session.get(Customer, customer_id)
+    if customer is None:
+        return None
+    accounts = list(
+        session.scalars(
+            select(Account)
+            .where(Account.customer_id == customer.id, Account.kind == AccountKind.CUSTOMER)
+            .order_by(Account.created_at, Account.id)
+        )
+    )
+    payments = list(
+        session.scalars(
+            select(Payment)
+            .where(Payment.account_id.in_([a.id for a in accounts]))
+            .order_by(Payment.posted_at.desc(), Payment.id.desc())
+            .limit(100)
+        )
+    )
+    notes = list(
+        session.scalars(
+            select(Note)
+            .where(Note.customer_id == customer.id)
+            .order_by(Note.created_at.desc(), Note.id.desc())
+            .limit(50)
+        )
+    )
+    return {
+        "customer": _customer(customer)
+        | {"kyc_status": customer.kyc_status, "created_at": customer.created_at.isoformat()},
+        "accounts": [_account(a) | {"blocked_reason": a.blocked_reason} for a in accounts],
+        "payments": [
+            _payment(p)
+            | {
+                "status": p.status,
+                "reversed_minor": p.reversed_minor,
+                "counterparty": p.counterparty,
+            }
+            for p in payments
+        ],
+        "notes": [
+            {
+                "id": n.id,
+                "author": n.author_name,
+                "created_at": n.created_at.isoformat(),
+                "text": n.text,
+            }
+            for n in notes
+        ],
+    }

@@ -62,6 +62,7 @@ def authenticate(request: Request, services: Services, origin: Origin) -> Actor:
             tokens.touch(session, auth.actor.credential_id, now=now)
             session.commit()
     request.scope["state"]["actor_id"] = auth.actor.id
+    request.scope["state"]["actor"] = auth.actor
     return auth.actor
 
 

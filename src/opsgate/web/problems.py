@@ -7,9 +7,18 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from opsgate.core.errors import OpsgateError, ProblemCode, problem_body
+from opsgate.core.actors import Origin
+from opsgate.core.audit import AuditEntry, AuditResult
+from opsgate.core.errors import (
+    InvalidPayload,
+    OpsgateError,
+    ProblemCode,
+    error_body,
+    problem_body,
+)
 
 MEDIA_TYPE = "application/problem+json"
 
@@ -43,16 +52,29 @@ def request_id_of(request: Request) -> str:
 
 def from_error(error: OpsgateError, request_id: str) -> JSONResponse:
     headers = {"WWW-Authenticate": 'Bearer realm="opsgate"'} if error.status == 401 else None
-    return problem(
-        status=error.status,
-        code=error.code,
-        title=error.title,
-        detail=error.detail,
-        request_id=request_id,
-        errors=error.errors,
+    return JSONResponse(
+        error_body(error, request_id),
+        status_code=error.status,
+        media_type=MEDIA_TYPE,
         headers=headers,
-        extra=error.extra,
     )
+
+
+def _audit_invalid_request(request: Request, errors: list[dict[str, Any]]) -> None:
+    """Parameters refused by FastAPI itself are refusals too: record them like the gateway's."""
+    services = request.app.state.services
+    entry = AuditEntry(
+        action=f"http:{request.method} {request.url.path}"[:128],
+        result=AuditResult.INVALID,
+        parameters={"errors": [{"loc": e["loc"], "type": e["type"]} for e in errors]},
+    )
+    origin = Origin(
+        request_id=request_id_of(request),
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+    )
+    error = InvalidPayload("The request's parameters are invalid.", errors=errors)
+    services.gateway.audit_refusal(error, entry, request.scope["state"].get("actor"), origin)
 
 
 def install(app: FastAPI) -> None:
@@ -65,6 +87,7 @@ def install(app: FastAPI) -> None:
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        await run_in_threadpool(_audit_invalid_request, request, errors)
         return problem(
             status=422,
             code=ProblemCode.INVALID_PAYLOAD,

@@ -1,0 +1,103 @@
+"""Reads of personal data are audited; so are replays and refusals FastAPI makes itself."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from opsgate.db.engine import Database
+from opsgate.db.models import AuditRecord
+from opsgate.domain.models import Payment
+from tests.conftest import World
+
+
+def records_for(db: Database, request_id: str) -> list[AuditRecord]:
+    with db.reading() as session:
+        return list(
+            session.scalars(
+                select(AuditRecord)
+                .where(AuditRecord.request_id == request_id)
+                .order_by(AuditRecord.seq)
+            )
+        )
+
+
+def test_customer_overview_lists_accounts_payments_and_notes(
+    client: TestClient, world: World, db: Database
+) -> None:
+    customer = world.customer(0)
+    client.post(
+        "/api/v1/actions/customer.add_note",
+        json={"target": f"customer:{customer}", "payload": {"text": "called"}, "reason": "r"},
+        headers=world.auth("alice"),
+    )
+    response = client.get(
+        f"/api/v1/customers/{customer}", headers=world.auth("alice") | {"X-Request-ID": "ov-1"}
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["customer"]["id"] == customer
+    assert body["customer"]["phone"].startswith("•")  # masked: full PII is an audited action
+    owned = {a["id"] for a in world.summary.accounts if a["customer_id"] == customer}
+    assert {a["id"] for a in body["accounts"]} == owned
+    assert all(p["account_id"] in owned for p in body["payments"])
+    assert [n["text"] for n in body["notes"]] == ["called"]
+    [read] = records_for(db, "ov-1")
+    assert (read.action, read.target, read.result) == (
+        "records.read",
+        f"customer:{customer}",
+        "succeeded",
+    )
+    missing = client.get("/api/v1/customers/cus_nope", headers=world.auth("alice"))
+    assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
+
+
+def test_search_is_audited_with_what_was_asked(
+    client: TestClient, world: World, db: Database
+) -> None:
+    email = world.summary.customers[3]["email"]
+    client.get(
+        "/api/v1/search", params={"q": email}, headers=world.auth("alice") | {"X-Request-ID": "s-1"}
+    )
+    [row] = records_for(db, "s-1")
+    assert row.action == "records.search"
+    assert row.parameters == {"q": email, "found": {"customers": 1, "accounts": 0, "payments": 0}}
+
+
+def test_a_replay_is_recorded_as_an_attempt(client: TestClient, world: World, db: Database) -> None:
+    with db.reading() as session:
+        payment = session.scalars(select(Payment).order_by(Payment.id)).first()
+        assert payment is not None
+    body = {
+        "target": f"payment:{payment.id}",
+        "payload": {"amount_minor": 100, "reason_code": "goodwill"},
+        "reason": "r",
+    }
+    headers = world.auth("alice") | {"Idempotency-Key": "k1"}
+    client.post(
+        "/api/v1/actions/payment.reverse", json=body, headers=headers | {"X-Request-ID": "a"}
+    )
+    client.post(
+        "/api/v1/actions/payment.reverse", json=body, headers=headers | {"X-Request-ID": "b"}
+    )
+    [replay] = records_for(db, "b")
+    assert replay.result == "replayed"
+    assert replay.outcome == {"http_status": 200, "original_request_id": "a"}
+
+
+def test_parameters_refused_by_the_framework_are_audited(
+    client: TestClient, world: World, db: Database
+) -> None:
+    response = client.get(
+        "/api/v1/audit",
+        params={"limit": "many"},
+        headers=world.auth("audrey") | {"X-Request-ID": "bad-limit"},
+    )
+    assert response.status_code == 422
+    [row] = records_for(db, "bad-limit")
+    assert (row.action, row.result, row.error_code) == (
+        "http:GET /api/v1/audit",
+        "invalid",
+        "invalid_payload",
+    )
+    assert row.actor_id == world.user_ids["audrey"]
