@@ -110,6 +110,17 @@ def csv_text(rows: list[AuditRecord]) -> str:
     return buffer.getvalue()
 
 
+def raw_record(row: AuditRecord) -> dict[str, Any]:
+    """Every hashed column as stored, plus the hash: what an archive keeps, so that the
+    archive can be verified on its own (`verify_archive`)."""
+    from opsgate.core.audit_chain import HASHED_FIELDS
+
+    raw: dict[str, Any] = {name: getattr(row, name) for name in HASHED_FIELDS}
+    raw["occurred_at"] = row.occurred_at.isoformat()
+    raw["hash"] = row.hash
+    return raw
+
+
 @dataclass(frozen=True)
 class ArchiveResult:
     archive_id: str
@@ -177,7 +188,7 @@ def archive(
             handle.write(line)
             digest.update(line.encode())
             for row in iter_records(session, AuditFilter(), through_seq=last_old):
-                line = json.dumps(as_dict(row), sort_keys=True) + "\n"
+                line = json.dumps(raw_record(row), sort_keys=True) + "\n"
                 handle.write(line)
                 digest.update(line.encode())
                 count += 1
@@ -229,3 +240,44 @@ def archive(
             file_sha256=archive_row.file_sha256,
             audit_id=row.id,
         )
+
+
+@dataclass(frozen=True)
+class ArchiveCheck:
+    ok: bool
+    records: int
+    problem: str | None = None
+    first_seq: int | None = None
+    through_seq: int | None = None
+    through_hash: str | None = None
+
+
+def verify_archive(path: Path) -> ArchiveCheck:
+    """Check an archive file on its own: its records chain from the header's start hash to
+    its through hash, every record's hash matches its content, and nothing is missing."""
+    from types import SimpleNamespace
+
+    from opsgate.core.audit_chain import HASHED_FIELDS, record_hash
+
+    with path.open(encoding="utf-8") as handle:
+        try:
+            header = json.loads(handle.readline())
+            prev, expected_seq = header["start_prev_hash"], header["first_seq"]
+            through_seq, through_hash = header["through_seq"], header["through_hash"]
+        except (ValueError, KeyError, TypeError):
+            return ArchiveCheck(False, 0, "the file has no archive header")
+        count = 0
+        for line in handle:
+            data = json.loads(line)
+            count += 1
+            fields = {name: data.get(name) for name in HASHED_FIELDS}
+            fields["occurred_at"] = datetime.fromisoformat(data["occurred_at"])
+            row = SimpleNamespace(**fields)
+            if row.seq != expected_seq or row.prev_hash != prev:
+                return ArchiveCheck(False, count, f"the chain breaks at seq {row.seq}")
+            if record_hash(row) != data["hash"]:  # type: ignore[arg-type]
+                return ArchiveCheck(False, count, f"record {row.seq} was altered")
+            prev, expected_seq = data["hash"], expected_seq + 1
+    if expected_seq - 1 != through_seq or prev != through_hash:
+        return ArchiveCheck(False, count, "the file ends before the header's through record")
+    return ArchiveCheck(True, count, None, header["first_seq"], through_seq, through_hash)
