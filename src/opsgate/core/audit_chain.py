@@ -121,13 +121,13 @@ class Verification:
         }
 
 
-def _rows(session: Session, batch: int) -> Iterator[AuditRecord]:
+def _rows(session: Session, batch: int, *, through: int) -> Iterator[AuditRecord]:
     last = -1
     while True:
         rows = list(
             session.scalars(
                 select(AuditRecord)
-                .where(AuditRecord.seq > last)
+                .where(AuditRecord.seq > last, AuditRecord.seq <= through)
                 .order_by(AuditRecord.seq)
                 .limit(batch)
             )
@@ -141,9 +141,7 @@ def _rows(session: Session, batch: int) -> Iterator[AuditRecord]:
 
 def start_of_chain(session: Session) -> Checkpoint:
     """Where the records in the table start: genesis, or the end of the last archive."""
-    archived = session.scalars(
-        select(AuditArchive).order_by(AuditArchive.through_seq.desc()).limit(1)
-    ).first()
+    archived = _newest_archive(session)
     if archived is None:
         return Checkpoint(0, GENESIS)
     return Checkpoint(archived.through_seq, archived.through_hash)
@@ -156,11 +154,18 @@ def verify(
     progress: Callable[[int], None] | None = None,
     batch: int = 2000,
 ) -> Verification:
-    """Walk the whole chain; report the first record that breaks it, if any."""
+    """Walk the chain up to the head read at the start (appends committed meanwhile are
+    left for the next run); report the first record that breaks it, if any."""
+    head = session.get(AuditChainHead, HEAD_ID)
+    if head is None:
+        return Verification(False, 0, None, None, "the chain head is missing")
+    head_seq, head_hash = head.seq, head.hash
+    archive = _newest_archive(session)
     expected = start_of_chain(session)
     prev_seq, prev_hash = expected.seq, expected.hash
     count = 0
     seen_against = against is None or (against.seq, against.hash) == (expected.seq, expected.hash)
+    archive_recorded = archive is None
     if against is not None and against.seq < expected.seq:
         return Verification(
             False,
@@ -169,47 +174,87 @@ def verify(
             against.seq,
             "the checkpoint lies in an archived segment: verify the archive file",
         )
-    for row in _rows(session, batch):
+    for row in _rows(session, batch, through=head_seq):
         count += 1
-        if row.seq != prev_seq + 1:
-            return Verification(
-                False,
-                count,
-                row.id,
-                row.seq,
-                f"sequence jumps from {prev_seq} to {row.seq}: records are "
-                "missing or were inserted",
-            )
-        if row.prev_hash != prev_hash:
-            return Verification(
-                False, count, row.id, row.seq, "prev_hash does not match the previous record"
-            )
-        if record_hash(row) != row.hash:
-            return Verification(False, count, row.id, row.seq, "the record's content was altered")
-        if against is not None and row.seq == against.seq:
+        problem = _break(row, prev_seq, prev_hash)
+        if problem is None and against is not None and row.seq == against.seq:
             if row.hash != against.hash:
-                return Verification(
-                    False, count, row.id, row.seq, "the chain no longer extends the checkpoint"
-                )
+                problem = "the chain no longer extends the checkpoint"
             seen_against = True
+        if problem is not None:
+            return Verification(False, count, row.id, row.seq, problem)
+        if archive is not None and _records_archive(row, archive):
+            archive_recorded = True
         prev_seq, prev_hash = row.seq, row.hash
         if progress is not None:
             progress(1)
-    head = session.get(AuditChainHead, HEAD_ID)
-    if head is None or (head.seq, head.hash) != (prev_seq, prev_hash):
-        missing = prev_seq + 1
+    if (head_seq, head_hash) != (prev_seq, prev_hash):
         return Verification(
             False,
             count,
             None,
-            missing,
-            f"records after {prev_seq} are missing (the head is at {head.seq if head else '?'})",
+            prev_seq + 1,
+            f"records after {prev_seq} are missing (the head is at {head_seq})",
+        )
+    beyond = _unaccounted_records(session)
+    if beyond is not None:
+        return Verification(
+            False, count, beyond.id, beyond.seq, "a record lies beyond the chain's head"
+        )
+    if not archive_recorded:
+        return Verification(
+            False,
+            count,
+            None,
+            expected.seq,
+            "records up to the archive boundary were removed without an audit.archive record",
         )
     if not seen_against and against is not None:
         return Verification(
             False, count, None, against.seq, "the checkpoint's record is not in the chain"
         )
     return Verification(True, count)
+
+
+def _unaccounted_records(session: Session) -> AuditRecord | None:
+    """A record past the current head: every honest append moves the head in the same
+    transaction, so reading the highest seq first and the head second cannot race one."""
+    highest = session.scalar(select(func.max(AuditRecord.seq)))
+    head = session.get(AuditChainHead, HEAD_ID, populate_existing=True)
+    if highest is None or head is None or highest <= head.seq:
+        return None
+    return session.scalars(
+        select(AuditRecord).where(AuditRecord.seq > head.seq).order_by(AuditRecord.seq).limit(1)
+    ).first()
+
+
+def _break(row: AuditRecord, prev_seq: int, prev_hash: str) -> str | None:
+    if row.seq != prev_seq + 1:
+        return f"sequence jumps from {prev_seq} to {row.seq}: records are missing or were inserted"
+    if row.prev_hash != prev_hash:
+        return "prev_hash does not match the previous record"
+    if record_hash(row) != row.hash:
+        return "the record's content was altered"
+    return None
+
+
+def _newest_archive(session: Session) -> AuditArchive | None:
+    return session.scalars(
+        select(AuditArchive).order_by(AuditArchive.through_seq.desc()).limit(1)
+    ).first()
+
+
+def _records_archive(row: AuditRecord, archive: AuditArchive) -> bool:
+    """True when `row` is the chained record of `archive` (what makes the boundary honest)."""
+    if row.action != "audit.archive" or not row.outcome:
+        return False
+    outcome = row.outcome
+    return (
+        outcome.get("archive_id") == archive.id
+        and outcome.get("through_seq") == archive.through_seq
+        and outcome.get("through_hash") == archive.through_hash
+        and outcome.get("file_sha256") == archive.file_sha256
+    )
 
 
 def count(session: Session) -> int:

@@ -16,8 +16,13 @@ from typing import Any
 from pydantic import BaseModel
 
 MASK = "[redacted]"
-_SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "authorization",
-                 "cookie", "private_key", "otp")  # fmt: skip
+# Key words that name a credential; matched against the words of a key ("X-Api-Key",
+# "api_key", "clientSecret" and "access_token" all count; "footprint" does not).
+_SECRET_WORDS = frozenset(
+    {"password", "passwd", "passphrase", "secret", "token", "apikey", "authorization",
+     "cookie", "otp", "pin", "cvv", "cvc"}
+)  # fmt: skip
+_SECRET_PHRASES = ("api_key", "private_key", "access_key", "secret_key")
 # Digits with optional single spaces or dashes between them, not touching other word chars.
 _CARD = re.compile(r"(?<![0-9A-Za-z])\d(?:[ -]?\d){12,18}(?![0-9A-Za-z])")
 _SSN = re.compile(r"(?<![0-9A-Za-z])\d{3}-\d{2}-\d{4}(?![0-9A-Za-z])")
@@ -38,11 +43,30 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+def _is_card(digits: str) -> bool:
+    """13-19 digits, Luhn-valid, and not starting with 0 (no card scheme issues those)."""
+    return 13 <= len(digits) <= 19 and digits[0] != "0" and luhn_valid(digits)
+
+
 def _mask_card(match: re.Match[str]) -> str:
-    digits = re.sub(r"\D", "", match.group(0))
-    if 13 <= len(digits) <= 19 and luhn_valid(digits):
+    text = match.group(0)
+    digits = re.sub(r"\D", "", text)
+    if _is_card(digits):
         return f"[card ending {digits[-4:]}]"
-    return match.group(0)
+    # A card number followed or preceded by other digit groups (an expiry, a CVV): look for
+    # a valid number made of whole groups, longest first.
+    groups = re.split(r"([ -])", text)
+    tokens = groups[0::2]
+    for size in range(len(tokens) - 1, 0, -1):
+        for start in range(len(tokens) - size + 1):
+            candidate = "".join(tokens[start : start + size])
+            if _is_card(candidate):
+                before = "".join(groups[: 2 * start])
+                after = (
+                    "".join(groups[2 * (start + size) - 1 :]) if start + size < len(tokens) else ""
+                )
+                return f"{before}[card ending {candidate[-4:]}]{after}"
+    return text
 
 
 def mask_text(text: str) -> str:
@@ -54,10 +78,14 @@ def mask_text(text: str) -> str:
 
 def is_secret_key(key: str) -> bool:
     """True for keys naming a credential; identifiers of one (`token_id`) are not secret."""
-    lowered = key.lower()
-    if lowered.endswith("_id") or lowered.endswith("_ids"):
+    normalised = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key)
+    normalised = re.sub(r"[^a-z0-9]+", "_", normalised.lower()).strip("_")
+    if normalised.endswith(("_id", "_ids")):
         return False
-    return any(word in lowered for word in _SECRET_WORDS)
+    words = normalised.split("_")
+    return any(
+        word in _SECRET_WORDS or word.endswith(("password", "token", "secret")) for word in words
+    ) or any(phrase in normalised for phrase in _SECRET_PHRASES)
 
 
 def sensitive_fields(model: type[BaseModel]) -> frozenset[str]:
@@ -82,4 +110,7 @@ def redact(value: Any, sensitive: Iterable[str] = ()) -> Any:
         return [redact(item, keys) for item in value]
     if isinstance(value, str):
         return mask_text(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 13 <= len(str(abs(value))) <= 19:
+        digits = str(abs(value))
+        return f"[card ending {digits[-4:]}]" if _is_card(digits) else value
     return value
