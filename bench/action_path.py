@@ -19,14 +19,12 @@ from typing import Any
 
 from rich.console import Console
 
-from bench.load import Call, Driver, Endpoint, interleaved
-from bench.scenarios import Comparison, Scenario, Settings, Target, client_counts, register
+from bench.load import Call, Endpoint
+from bench.scenarios import Comparison, Scenario, Settings, Target, compare, register
 
 NOTE_CUSTOMERS = 50
 USERNAME = "alice"  # support_agent: may start customer.add_note under the demo policy
 ACTION = "customer.add_note"
-BLOCK_PER_CLIENT = 12  # requests per client per measured block
-MIN_BLOCK = 20
 
 
 def _succeeded(body: Any) -> str | None:
@@ -87,33 +85,6 @@ class ActionPath(Scenario):
 
     def run(self, settings: Settings, target: Target, console: Console) -> list[Comparison]:
         governed, bare = endpoints(target)
-        rows = []
-        for clients in client_counts(settings.concurrency):
-            with Driver(target.server.base_url, clients) as driver:
-                for endpoint in (governed, bare):
-                    driver.run(endpoint, settings.warmup, deadline=settings.deadline)
-                target.server.check_alive()
-                stats = interleaved(
-                    driver,
-                    (governed, bare),
-                    settings.requests,
-                    max(MIN_BLOCK, BLOCK_PER_CLIENT * clients),
-                    deadline=settings.deadline,
-                    cpu_probe=target.server.cpu_seconds,
-                )
-            target.server.check_alive()
-            row = Comparison(
-                scenario=self.name,
-                backend=target.database.backend,
-                clients=clients,
-                governed=stats["governed"],
-                bare=stats["bare"],
-                target_ratio=settings.target_ratio,
-            )
-            console.print(
-                f"  {target.database.backend}, {clients} client(s): median governed "
-                f"{row.governed.median_ms:.2f} ms, bare {row.bare.median_ms:.2f} ms, "
-                f"ratio {row.ratio:.2f}"
-            )
-            rows.append(row)
-        return rows
+        return compare(
+            self.name, settings, target.database.backend, target.server, governed, bare, console
+        )

@@ -1,4 +1,4 @@
-"""The one table a run prints, and the JSON file it writes."""
+"""The tables a run prints, and the JSON file it writes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.table import Table
 
-from bench.scenarios import Comparison, Settings
+from bench.scenarios import Comparison, Measurement, Settings
 
 TABLE_WIDTH = 150  # when standard output is not a terminal (make, CI logs, a pipe)
 
@@ -43,11 +43,14 @@ def _ms(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
-def table(rows: Sequence[Comparison], notes: Sequence[str], target_ratio: float) -> Table:
+def _verdict(met: bool) -> str:
+    return "[green]met[/green]" if met else "[red]missed[/red]"
+
+
+def table(rows: Sequence[Comparison], target_ratio: float) -> Table:
+    """The governed-vs-bare table of the HTTP scenarios."""
     result = Table(
-        title=f"opsgate: governed vs bare (target: governed/bare median ≤ {target_ratio:g})",
-        caption="\n".join(notes) or None,
-        caption_justify="left",
+        title=f"opsgate: governed vs bare (target: governed/bare median ≤ {target_ratio:g})"
     )
     result.add_column("scenario")
     result.add_column("database")
@@ -72,9 +75,38 @@ def table(rows: Sequence[Comparison], notes: Sequence[str], target_ratio: float)
             f"{row.bare.throughput_rps:.0f}",
             f"{_ms(row.governed.server_cpu_ms)} / {_ms(row.bare.server_cpu_ms)}",
             f"{row.ratio:.2f}",
-            "[green]met[/green]" if row.met else "[red]missed[/red]",
+            _verdict(row.met),
         )
     return result
+
+
+def measurement_tables(rows: Sequence[Measurement]) -> list[Table]:
+    """One table per distinct `Measurement.table`, in order of first appearance."""
+    grouped: dict[str, list[Measurement]] = {}
+    for row in rows:
+        grouped.setdefault(row.table, []).append(row)
+    tables = []
+    for title, members in grouped.items():
+        result = Table(title=title)
+        result.add_column("database")
+        for name, _ in members[0].columns:
+            result.add_column(name, justify="left" if name in _LEFT else "right")
+        result.add_column("ratio", justify="right")
+        result.add_column("target", justify="center")
+        for row in members:
+            cells = dict(row.columns)
+            bound = "≥" if row.at_least else "≤"
+            result.add_row(
+                row.backend,
+                *(cells.get(name, "") for name, _ in members[0].columns),
+                f"{row.ratio:.2f}",
+                f"{_verdict(row.met)} ({bound} {row.target_ratio:g})",
+            )
+        tables.append(result)
+    return tables
+
+
+_LEFT = frozenset({"filter", "measured", "scenario", "plans"})
 
 
 def _git_revision() -> str | None:
@@ -95,8 +127,11 @@ def write_json(
     path: Path,
     settings: Settings,
     rows: Sequence[Comparison],
+    measurements: Sequence[Measurement],
     skipped: Sequence[str],
+    notes: Sequence[str],
     load: tuple[float | None, float | None],
+    scenarios: Sequence[str],
 ) -> None:
     document: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -113,10 +148,18 @@ def write_json(
             "concurrency": settings.concurrency,
             "warmup_per_endpoint": settings.warmup,
             "target_ratio": settings.target_ratio,
+            "audit_records": settings.audit_records,
+            "scenarios": list(scenarios),
         },
         "skipped": list(skipped),
+        "notes": list(notes),
         "results": [row.as_json() for row in rows],
-        "all_targets_met": all(row.met for row in rows) if rows else None,
+        "measurements": [row.as_json() for row in measurements],
+        "all_targets_met": (
+            all(r.met for r in rows) and all(m.met for m in measurements)
+            if rows or measurements
+            else None
+        ),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
