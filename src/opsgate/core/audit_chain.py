@@ -15,7 +15,7 @@ complete rewrite by someone who can recompute hashes.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -43,10 +43,17 @@ def _canonical_value(value: Any) -> Any:
     return value
 
 
+def hash_values(values: Sequence[Any]) -> str:
+    """The hash of a record given its HASHED_FIELDS values, in that order."""
+    fields = {
+        name: _canonical_value(value) for name, value in zip(HASHED_FIELDS, values, strict=True)
+    }
+    return hashlib.sha256(canonical_json(fields).encode()).hexdigest()
+
+
 def record_hash(row: AuditRecord) -> str:
     """The hash a record must carry, from its own fields and its `prev_hash`."""
-    fields = {name: _canonical_value(getattr(row, name)) for name in HASHED_FIELDS}
-    return hashlib.sha256(canonical_json(fields).encode()).hexdigest()
+    return hash_values([getattr(row, name) for name in HASHED_FIELDS])
 
 
 _HEAD = cast(Table, AuditChainHead.__table__)
@@ -121,14 +128,19 @@ class Verification:
         }
 
 
-def _rows(session: Session, batch: int, *, through: int) -> Iterator[AuditRecord]:
+_WALK = select(*(_RECORDS.c[name] for name in HASHED_FIELDS), _RECORDS.c.hash)
+_HASHED = len(HASHED_FIELDS)
+
+
+def _rows(session: Session, batch: int, *, through: int) -> Iterator[Any]:
+    """Records as plain rows (hashed columns in order, then the hash), in batches: the walk
+    builds no ORM objects and keeps constant memory, however long the chain."""
     last = -1
     while True:
         rows = list(
-            session.scalars(
-                select(AuditRecord)
-                .where(AuditRecord.seq > last, AuditRecord.seq <= through)
-                .order_by(AuditRecord.seq)
+            session.execute(
+                _WALK.where(_RECORDS.c.seq > last, _RECORDS.c.seq <= through)
+                .order_by(_RECORDS.c.seq)
                 .limit(batch)
             )
         )
@@ -136,7 +148,6 @@ def _rows(session: Session, batch: int, *, through: int) -> Iterator[AuditRecord
         if len(rows) < batch:
             return
         last = rows[-1].seq
-        session.expunge_all()  # constant memory, however long the chain
 
 
 def start_of_chain(session: Session) -> Checkpoint:
@@ -228,12 +239,12 @@ def _unaccounted_records(session: Session) -> AuditRecord | None:
     ).first()
 
 
-def _break(row: AuditRecord, prev_seq: int, prev_hash: str) -> str | None:
+def _break(row: Any, prev_seq: int, prev_hash: str) -> str | None:
     if row.seq != prev_seq + 1:
         return f"sequence jumps from {prev_seq} to {row.seq}: records are missing or were inserted"
     if row.prev_hash != prev_hash:
         return "prev_hash does not match the previous record"
-    if record_hash(row) != row.hash:
+    if hash_values(row[:_HASHED]) != row.hash:
         return "the record's content was altered"
     return None
 
@@ -244,12 +255,12 @@ def _newest_archive(session: Session) -> AuditArchive | None:
     ).first()
 
 
-def _records_archive(row: AuditRecord, archive: AuditArchive) -> bool:
+def _records_archive(row: Any, archive: AuditArchive) -> bool:
     """True when `row` is the chained record of `archive` (what makes the boundary honest)."""
     if row.action != "audit.archive" or not row.outcome:
         return False
     outcome = row.outcome
-    return (
+    return bool(
         outcome.get("archive_id") == archive.id
         and outcome.get("through_seq") == archive.through_seq
         and outcome.get("through_hash") == archive.through_hash

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -128,12 +128,18 @@ class Idempotency:
         session: Session, actor_id: str, key: str, status: int, body: Mapping[str, Any]
     ) -> None:
         """Store the first answer, in the caller's transaction (with the effect it reports)."""
-        row = session.get(IdempotencyRecord, (actor_id, key))
-        assert row is not None, "complete() without a claim"
-        row.status = KeyStatus.COMPLETED
-        row.locked_at = None
-        row.response_status = status
-        row.response_body = dict(body)
+        stored = session.execute(
+            update(IdempotencyRecord)
+            .where(IdempotencyRecord.actor_id == actor_id, IdempotencyRecord.key == key)
+            .values(
+                status=KeyStatus.COMPLETED,
+                locked_at=None,
+                response_status=status,
+                response_body=dict(body),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        assert stored.rowcount == 1, "complete() without a claim"  # type: ignore[attr-defined]
 
     def release(self, actor_id: str, key: str) -> None:
         """Forget an in-flight claim whose request produced no stored answer."""

@@ -25,8 +25,16 @@ def find(
     amount = payload.get("amount_minor")
     if amount is None:
         return []
-    rows = session.scalars(
-        select(AuditRecord)
+    rows = session.execute(
+        select(
+            AuditRecord.id,
+            AuditRecord.request_id,
+            AuditRecord.approval_id,
+            AuditRecord.actor_name,
+            AuditRecord.occurred_at,
+            AuditRecord.result,
+            AuditRecord.parameters,
+        )
         .where(
             AuditRecord.target == target,
             AuditRecord.action == action,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel
@@ -76,6 +77,7 @@ def mask_text(text: str) -> str:
     return _NINO.sub("[national id]", text)
 
 
+@lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
     """True for keys naming a credential; identifiers of one (`token_id`) are not secret."""
     normalised = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key)
