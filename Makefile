@@ -28,9 +28,10 @@ install: $(STAMP) ## Create .venv and install opsgate with its development tools
 .PHONY: run
 run: $(STAMP) ## Migrate, seed demo data (SQLite) and serve on http://$(HOST):$(PORT)
 	$(BIN)/opsgate db upgrade
-	$(BIN)/opsgate demo seed --tokens
+	$(BIN)/opsgate demo seed --tokens --demo-passwords
 	@echo
-	@echo "opsgate on http://$(HOST):$(PORT)  (API docs: http://$(HOST):$(PORT)/api/v1/docs)"
+	@echo "opsgate on http://$(HOST):$(PORT)  (console: sign in as alice, rita, olga or audrey with the demo password above)"
+	@echo "API docs:   http://$(HOST):$(PORT)/api/v1/docs"
 	@echo "More tokens: $(BIN)/opsgate tokens create <username>   e.g. alice, rita, olga, audrey"
 	@echo 'Try:        curl -H "Authorization: Bearer <token>" http://$(HOST):$(PORT)/api/v1/actions'
 	@echo
@@ -47,8 +48,11 @@ fmt: $(STAMP) ## Format and auto-fix
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
+# The browser tests (tests/browser) need Chromium: `apt-get install -y chromium`, or
+# OPSGATE_CHROMIUM=/path/to/chromium; without it they are skipped, saying so. Their screenshots
+# land in test-output/screenshots/. Never `playwright install`: it downloads a browser.
 .PHONY: test
-test: lint ## Lint, then the whole suite on SQLite and PostgreSQL
+test: lint ## Lint, then the whole suite on SQLite and PostgreSQL (and in Chromium)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: bench

@@ -11,7 +11,13 @@ from rich.console import Console
 
 # The modules register their scenarios when imported. Per backend, the HTTP scenarios run
 # first (one server for all), then the standalone ones.
-from bench import BenchError, action_path, audit_trail, payment_reverse  # noqa: F401
+from bench import (  # noqa: F401
+    BenchError,
+    action_path,
+    audit_trail,
+    console_pages,
+    payment_reverse,
+)
 from bench.report import (
     TABLE_WIDTH,
     busy_warning,

@@ -106,7 +106,7 @@ def measurement_tables(rows: Sequence[Measurement]) -> list[Table]:
     return tables
 
 
-_LEFT = frozenset({"filter", "measured", "scenario", "plans"})
+_LEFT = frozenset({"filter", "measured", "scenario", "plans", "page", "request"})
 
 
 def _git_revision() -> str | None:

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import func, select
 
-from opsgate.core import audit_chain, audit_files
+from opsgate.core import audit_chain, audit_files, console_sessions, passwords
 from opsgate.core import tokens as token_service
 from opsgate.core.actors import Actor, Origin
 from opsgate.core.audit import AuditEntry, AuditResult, record
@@ -57,6 +57,8 @@ app.add_typer(idempotency_app, name="idempotency")
 app.add_typer(audit_app, name="audit")
 
 err = Console(stderr=True)
+# Set only by `opsgate demo seed --demo-passwords` (make run); never by default.
+DEMO_PASSWORD = "opsgate-demo-password"  # noqa: S105
 _DURATION = re.compile(r"^(\d+)([mhd])$")
 
 
@@ -137,6 +139,13 @@ def demo_seed_command(
     with_tokens: Annotated[
         bool, typer.Option("--tokens", help="Issue a 7-day token per demo user.")
     ] = False,
+    demo_passwords: Annotated[
+        bool,
+        typer.Option(
+            "--demo-passwords",
+            help=f"Give every demo user the console password {DEMO_PASSWORD!r}. Demo only.",
+        ),
+    ] = False,
 ) -> None:
     """Create demo users and data (200 customers, 300 accounts, 1,000 payments)."""
     db = _database()
@@ -144,6 +153,12 @@ def demo_seed_command(
     issued: list[tuple[str, str, str]] = []
     with db.writing() as session:
         summary = demo_seed.seed(session, now=clock.now())
+        if demo_passwords:
+            for entry in summary.users:
+                user = find_user(session, entry["username"])
+                assert user is not None
+                passwords.set_password(session, user, DEMO_PASSWORD, now=clock.now())
+                _audit_credential(session, "user.set_password", user.id, None, {"demo": True})
         if with_tokens:
             for entry in summary.users:
                 user = find_user(session, entry["username"])
@@ -165,6 +180,8 @@ def demo_seed_command(
     for entry in summary.users:
         table.add_row(entry["username"], entry["name"], ", ".join(entry["roles"]))
     Console().print(table)
+    if demo_passwords:
+        typer.echo(f"Console password of every demo user: {DEMO_PASSWORD}")
     if issued:
         typer.echo("API tokens (valid 7 days, shown once):")
         for username, _, secret in issued:
@@ -206,6 +223,66 @@ def users_create(
         session.commit()
         typer.echo(user.id)
     db.dispose()
+
+
+def _read_new_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("New password: ")
+    if getpass.getpass("Repeat it: ") != first:
+        err.print("[red]the two passwords differ; nothing changed[/red]")
+        raise typer.Exit(1)
+    return first
+
+
+@users_app.command("set-password")
+def users_set_password(
+    username: str,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+) -> None:
+    """Set USERNAME's console password (prompted twice, or one line of standard input). Ends
+    their open console sessions."""
+    password = _read_new_password(password_stdin)
+    db = _database()
+    now = SystemClock().now()
+    with db.writing() as session:
+        user = find_user(session, username)
+        if user is None:
+            err.print(f"[red]no user {username}[/red]")
+            raise typer.Exit(1)
+        try:
+            passwords.set_password(session, user, password, now=now)
+        except passwords.WeakPassword as exc:
+            err.print(f"[red]{exc}; nothing changed[/red]")
+            raise typer.Exit(1) from exc
+        ended = console_sessions.end_user_sessions(
+            session, user.id, console_sessions.SessionEnd.PASSWORD_CHANGED, now=now
+        )
+        _audit_credential(session, "user.set_password", user.id, None, {"sessions_ended": ended})
+        session.commit()
+    db.dispose()
+    err.print(f"password set for {username}; {ended} console session(s) ended")
+
+
+@users_app.command("sign-out")
+def users_sign_out(username: str) -> None:
+    """End every open console session of USERNAME at once (audited)."""
+    db = _database()
+    now = SystemClock().now()
+    with db.writing() as session:
+        user = find_user(session, username)
+        if user is None:
+            err.print(f"[red]no user {username}[/red]")
+            raise typer.Exit(1)
+        ended = console_sessions.end_user_sessions(
+            session, user.id, console_sessions.SessionEnd.REVOKED, now=now
+        )
+        _audit_credential(session, "user.sign_out", user.id, None, {"sessions_ended": ended})
+        session.commit()
+    db.dispose()
+    err.print(f"{ended} console session(s) of {username} ended")
 
 
 @tokens_app.command("create")
@@ -425,23 +502,37 @@ def audit_export(
 
 @audit_app.command("archive")
 def audit_archive(
-    before: Annotated[datetime, typer.Option(help="Archive records older than this (UTC).")],
+    before: Annotated[
+        datetime | None,
+        typer.Option(help="Archive records older than this (UTC); default: the retention."),
+    ] = None,
     directory: Annotated[
         Path, typer.Option("--dir", help="Where to write the archive file.")
     ] = Path("."),
 ) -> None:
     """Export the verified chain prefix older than BEFORE to a file, then remove it from the
-    database (recorded in the chain). Default retention policy: keep 400 days."""
+    database (recorded in the chain). Retention (OPSGATE_AUDIT_RETENTION_DAYS, default 400
+    days) is the default and the floor: younger records are never archived."""
     from opsgate.web.services import Services
 
-    services = Services.build(get_settings())
+    settings = get_settings()
+    services = Services.build(settings)
+    floor = services.clock.now() - timedelta(days=settings.audit_retention_days)
+    before = as_utc(before) or floor
+    if before > floor:
+        services.db.dispose()
+        raise typer.BadParameter(
+            f"records younger than {settings.audit_retention_days} days are kept; use a date "
+            f"before {floor.date().isoformat()}",
+            param_hint="--before",
+        )
     directory.mkdir(parents=True, exist_ok=True)
     try:
         with _progress(1, "archiving") as bar:
             task = bar.add_task("archive", total=None)
             done = audit_files.archive(
                 services.db,
-                before=as_utc(before) or before,
+                before=before,
                 directory=directory,
                 actor=_cli_actor(),
                 origin=Origin(request_id=new_request_id(), ip=None, user_agent="opsgate-cli"),
@@ -457,6 +548,22 @@ def audit_archive(
     typer.echo(
         f"archived {done.records} records (seq {done.first_seq}-{done.through_seq}) to "
         f"{directory}, sha256 {done.file_sha256}; chain continues from {done.through_hash}"
+    )
+
+
+@audit_app.command("verify-archive")
+def audit_verify_archive(
+    file: Annotated[Path, typer.Argument(help="An archive written by `opsgate audit archive`.")],
+) -> None:
+    """Check an archive file on its own: every record's hash, and the chain from its start
+    hash to its through hash. Exit 1 if anything is off."""
+    checked = audit_files.verify_archive(file)
+    if not checked.ok:
+        err.print(f"BROKEN: {checked.problem}", style="red", markup=False)
+        raise typer.Exit(1)
+    typer.echo(
+        f"ok: {checked.records} records, seq {checked.first_seq}-{checked.through_seq}, "
+        f"ending in {checked.through_hash}"
     )
 
 

@@ -101,3 +101,25 @@ def test_parameters_refused_by_the_framework_are_audited(
         "invalid_payload",
     )
     assert row.actor_id == world.user_ids["audrey"]
+
+
+def test_a_read_action_keeps_no_replayable_copy_of_what_it_revealed(
+    client: TestClient, world: World, db: Database
+) -> None:
+    from sqlalchemy import func
+
+    from opsgate.db.models import IdempotencyRecord
+
+    body = {"target": f"customer:{world.customer(2)}", "payload": {}, "reason": "verify caller"}
+    headers = world.auth("alice") | {"Idempotency-Key": "pii-1"}
+    first = client.post("/api/v1/actions/customer.view_pii", json=body, headers=headers)
+    again = client.post("/api/v1/actions/customer.view_pii", json=body, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert "Idempotent-Replayed" not in again.headers  # each reveal is its own audited read
+    with db.reading() as session:
+        assert session.scalar(select(func.count()).select_from(IdempotencyRecord)) == 0
+        reveals = session.scalars(
+            select(AuditRecord).where(AuditRecord.action == "customer.view_pii")
+        ).all()
+    assert len(reveals) == 2
+    assert all(r.outcome == {"revealed_fields": ["email", "name", "phone"]} for r in reveals)

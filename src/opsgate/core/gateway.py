@@ -200,6 +200,10 @@ class Gateway:
                 actor,
                 origin,
             )
+        if spec.risk == RiskClass.READ:
+            # Reads change nothing, and storing their answer would keep what they revealed
+            # (e.g. PII) in a replayable copy: a key on a read is ignored.
+            idempotency_key = None
         try:
             key = check_key(idempotency_key, required=spec.risk == RiskClass.MONEY_MOVING)
         except OpsgateError as exc:

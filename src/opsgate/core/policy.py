@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -160,10 +160,22 @@ class CapabilityEntry(_Strict):
     _normalise = field_validator("allow")(_sorted_unique)
 
 
+class IdentityProviderEntry(_Strict):
+    """Single sign-on: which opsgate roles each identity provider group gives."""
+
+    group_roles: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("group_roles")
+    @classmethod
+    def _normalise_roles(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {group: _sorted_unique(roles) for group, roles in value.items()}
+
+
 class PolicyDocument(_Strict):
     roles: dict[str, RoleEntry]
     actions: dict[str, ActionEntry]
     capabilities: dict[str, CapabilityEntry]
+    identity_provider: IdentityProviderEntry | None = None
 
 
 class PolicyError(Exception):
@@ -195,6 +207,14 @@ class Policy:
 
     def roles(self) -> list[str]:
         return sorted(self.document.roles)
+
+    def roles_for_groups(self, groups: Iterable[str]) -> frozenset[str]:
+        """The roles the identity provider groups `groups` give (`[identity_provider]`);
+        empty when none is mapped."""
+        entry = self.document.identity_provider
+        if entry is None:
+            return frozenset()
+        return frozenset(role for group in groups for role in entry.group_roles.get(group, ()))
 
     def approval_for(
         self, action: str, payload: Mapping[str, Any], target: Mapping[str, Any]
@@ -259,7 +279,11 @@ def parse_policy(text: str, registry: Registry, *, source: str = "<policy>") -> 
     problems = _cross_check(document, registry)
     if problems:
         raise PolicyError(source, problems)
-    version = digest(document.model_dump(mode="json"))
+    canonical = document.model_dump(mode="json")
+    if canonical.get("identity_provider") is None:
+        # A policy without the section keeps the version it had before the section existed.
+        canonical.pop("identity_provider", None)
+    version = digest(canonical)
     return Policy(document=document, version=version, source=source)
 
 
@@ -297,6 +321,9 @@ def _cross_check(document: PolicyDocument, registry: Registry) -> list[str]:
         problems += _unknown_roles(f"capabilities.{name}.allow", cap_entry.allow, roles)
     for name in sorted(known_capabilities - set(document.capabilities)):
         problems.append(f"capabilities.{name}: capability has no policy entry")
+    if document.identity_provider is not None:
+        for group, group_roles in sorted(document.identity_provider.group_roles.items()):
+            problems += _unknown_roles(f"identity_provider.group_roles.{group}", group_roles, roles)
     return problems
 
 

@@ -265,3 +265,70 @@ class UsageEvent(Base):
     __table_args__ = (
         Index("ix_usage_events_actor_action_time", "actor_id", "action", "occurred_at"),
     )
+
+
+class UserPassword(Base):
+    """A local password as an Argon2id hash (core/passwords.py). People who sign in only
+    through single sign-on have none."""
+
+    __tablename__ = "user_passwords"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    set_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ConsoleSession(Base):
+    """A signed-in browser (core/console_sessions.py). Only the SHA-256 of the session's
+    secret is kept; the cookie carries the ID and the secret, signed."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    # How the person proved who they are: `password`, or `oidc` for single sign-on.
+    method: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The last time the person proved who they are (sign-in or re-authentication).
+    authenticated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Refreshed at most once a minute; the idle timeout counts from here.
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_reason: Mapped[str | None] = mapped_column(String(32))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+
+
+class LoginFailure(Base):
+    """A failed (or still running) password check, for throttling guesses per username and
+    per IP address. Removed for a username when it signs in; the audit trail keeps the rest."""
+
+    __tablename__ = "login_failures"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_login_failures_username_time", "username", "occurred_at"),
+        Index("ix_login_failures_ip_time", "ip", "occurred_at"),
+    )
+
+
+class UserIdentity(Base):
+    """A person's account at a single sign-on identity provider: (issuer, subject) names
+    the same opsgate user at every sign-in, whatever the provider says their name is."""
+
+    __tablename__ = "user_identities"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(255))
+    subject: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_sign_in_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (UniqueConstraint("issuer", "subject"),)

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from opsgate import __version__
 from opsgate.logging import configure_logging
 from opsgate.settings import Settings, get_settings
-from opsgate.web import bench, problems
+from opsgate.web import bench, console, problems
 from opsgate.web.api import actions, approvals, audit, controls, health, search
 from opsgate.web.middleware import RequestContextMiddleware
 from opsgate.web.services import Services
@@ -49,5 +49,6 @@ def create_app(
         app.include_router(module.router, prefix="/api/v1")
     if settings.bench_endpoints:
         app.include_router(bench.router)
+    console.install(app, settings)
     app.add_middleware(RequestContextMiddleware)
     return app

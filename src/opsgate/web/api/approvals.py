@@ -80,7 +80,10 @@ def detail(approval: ApprovalRequest, actor: Actor, services: Services) -> dict[
         "rule": approval.rule,
         "target_snapshot": approval.target_snapshot,
         "target_current": current,
-        "target_changed": current is None or current.get("version") != approval.target_version,
+        # Before it runs: has someone else changed the target? (After, it changed by running.)
+        "target_changed": (current is None or current.get("version") != approval.target_version)
+        if approval.status in (ApprovalStatus.PENDING, ApprovalStatus.APPROVED)
+        else None,
         "proposed_change": approval.proposed_change,
         "approvals": len(approvals),
         "decisions": [

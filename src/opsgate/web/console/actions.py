@@ -1,0 +1,161 @@
+"""Action pages: a form rendered from the action's payload schema, submitted through the
+gateway (`Gateway.submit`, the one control-layer path), and its outcome said plainly."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from opsgate.core.actors import Origin
+from opsgate.core.errors import OpsgateError
+from opsgate.core.gateway import ActionResult, Replayed
+from opsgate.core.registry import ActionSpec, RiskClass
+from opsgate.db.models import ApprovalRequest
+from opsgate.web.console import outcomes
+from opsgate.web.console.auth import ConsoleRoute, Viewer, ViewerDep
+from opsgate.web.console.customer_reads import TargetSummary, target_summary
+from opsgate.web.console.forms import (
+    FormField,
+    Submission,
+    fields_for,
+    new_idempotency_key,
+    read_submission,
+)
+from opsgate.web.console.outcomes import Outcome
+from opsgate.web.console.rendering import render
+from opsgate.web.deps import OriginDep, ServicesDep
+from opsgate.web.services import Services
+
+log = structlog.get_logger("opsgate.console")
+router = APIRouter(route_class=ConsoleRoute)
+
+
+def _spec(services: Services, name: str) -> ActionSpec:
+    spec = services.registry.get(name)
+    if spec is None:
+        raise HTTPException(404, f"There is no action named {name[:128]!r}.")
+    return spec
+
+
+def _target(services: Services, spec: ActionSpec, target: str) -> TargetSummary:
+    with services.db.reading() as session:
+        summary = target_summary(session, services.registry, target)
+    if summary is None or summary.state is None:
+        raise HTTPException(404, f"No {target[:128]} exists.")
+    if summary.ref.kind != spec.target_kind:
+        raise HTTPException(
+            404, f"{spec.name} acts on a {spec.target_kind}, not a {summary.ref.kind}."
+        )
+    return summary
+
+
+def _page(
+    request: Request,
+    services: Services,
+    viewer: Viewer,
+    spec: ActionSpec,
+    target: TargetSummary | None,
+    fields: list[FormField],
+    *,
+    submission: Submission | None = None,
+    outcome: Outcome | None = None,
+) -> Response:
+    show_form = (
+        target is not None
+        and target.state is not None
+        and target.ref.kind == spec.target_kind
+        and (outcome is None or outcome.is_alert)
+    )
+    context: dict[str, Any] = {
+        "spec": spec,
+        "target": target,
+        "fields": fields,
+        "values": submission.values if submission else {},
+        "reason": submission.reason if submission else "",
+        "errors": dict(outcome.field_errors) if outcome else {},
+        "outcome": outcome,
+        "show_form": show_form,
+        "may_start": services.policy.may_start(viewer.actor.roles, spec.name),
+        "allowed_roles": services.policy.allowed_roles(spec.name),
+        # A fresh key for every rendered form: after a refusal, the corrected form is a new
+        # request; a form submitted twice as rendered runs once.
+        "idempotency_key": new_idempotency_key(),
+    }
+    return render(request, "action.html", context, status=outcome.status if outcome else 200)
+
+
+@router.get("/actions/{name}")
+def action_form(
+    name: str,
+    request: Request,
+    viewer: ViewerDep,
+    services: ServicesDep,
+    target: Annotated[str, Query(min_length=3, max_length=200)],
+) -> Response:
+    spec = _spec(services, name)
+    summary = _target(services, spec, target)
+    return _page(request, services, viewer, spec, summary, fields_for(spec, summary.state))
+
+
+def _submit(
+    services: Services, viewer: Viewer, spec: ActionSpec, submission: Submission, origin: Origin
+) -> Outcome:
+    key = submission.idempotency_key if spec.risk != RiskClass.READ else None
+    try:
+        result = services.gateway.submit(
+            viewer.actor, spec.name, submission.envelope(), origin, key
+        )
+    except OpsgateError as exc:
+        outcome = outcomes.refused(exc, origin.request_id)
+        if submission.unreadable:  # say what was wrong with the amount as typed
+            errors = dict(outcome.field_errors) | submission.unreadable
+            return replace(outcome, field_errors=errors)
+        return outcome
+    except Exception:
+        log.exception("console_action_crashed", action=spec.name)
+        return outcomes.crashed(origin.request_id)
+    now = services.clock.now()
+    if isinstance(result, Replayed):
+        return outcomes.replayed(spec.label, result.http_status, result.body(), now)
+    return _answer(services, spec, result)
+
+
+def _answer(services: Services, spec: ActionSpec, result: ActionResult) -> Outcome:
+    if result.approval_id is None:
+        return outcomes.executed(spec.label, result.result, result.request_id)
+    with services.db.reading() as session:
+        approval = session.get(ApprovalRequest, result.approval_id)
+    return outcomes.pending(
+        spec.label, approval, result.approval_id, result.request_id, services.clock.now()
+    )
+
+
+@router.post("/actions/{name}")
+async def submit_action(
+    name: str, request: Request, viewer: ViewerDep, services: ServicesDep, origin: OriginDep
+) -> Response:
+    form = await request.form()
+    values = {k: v for k, v in form.items() if isinstance(v, str)}
+
+    def run() -> Response:
+        spec = services.registry.get(name)
+        if spec is None:  # the gateway refuses it, audited
+            envelope = {"target": values.get("target", ""), "payload": {}, "reason": "-"}
+            services.gateway.submit(viewer.actor, name, envelope, origin)
+            raise AssertionError("unreachable: an unknown action is always refused")
+        with services.db.reading() as session:
+            summary = target_summary(session, services.registry, values.get("target", ""))
+        fields = fields_for(spec, summary.state if summary else None)
+        submission = read_submission(fields, values)
+        outcome = _submit(services, viewer, spec, submission, origin)
+        if summary is not None and outcome.kind == outcomes.OutcomeKind.EXECUTED:
+            summary = _target(services, spec, str(summary.ref))  # show the state after
+        return _page(
+            request, services, viewer, spec, summary, fields, submission=submission, outcome=outcome
+        )
+
+    return await run_in_threadpool(run)

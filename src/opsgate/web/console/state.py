@@ -1,0 +1,73 @@
+"""What the console keeps for the life of the process: keys, templates and session rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Request
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from opsgate.core.console_sessions import SessionRules
+from opsgate.core.passwords import Throttle
+from opsgate.settings import Settings
+from opsgate.web.console import formatting
+from opsgate.web.security import Signing, secret_keys
+
+TEMPLATES = Path(__file__).parent.parent / "templates"
+STATIC = Path(__file__).parent.parent / "static"
+
+
+def templates() -> Environment:
+    """Jinja2 with autoescaping on for every template (and for strings rendered directly)."""
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        auto_reload=False,
+    )
+    env.filters.update(
+        money=formatting.money,
+        when=formatting.when,
+        duration=formatting.duration,
+        humanize=formatting.humanize,
+        field_label=formatting.field_label,
+        pretty_json=formatting.pretty_json,
+        mask_name=formatting.mask_name,
+        mask_email=formatting.mask_email,
+        mask_phone=formatting.mask_phone,
+    )
+    return env
+
+
+@dataclass(frozen=True)
+class ConsoleState:
+    signing: Signing
+    templates: Environment
+    rules: SessionRules
+    cookie_secure: bool | None
+
+    @classmethod
+    def build(cls, settings: Settings) -> ConsoleState:
+        rules = SessionRules(
+            idle_timeout=timedelta(minutes=settings.console_idle_timeout_minutes),
+            absolute_timeout=timedelta(hours=settings.console_absolute_timeout_hours),
+            reauth_after=timedelta(minutes=settings.console_reauth_minutes),
+            throttle=Throttle(
+                max_failures=settings.login_max_failures,
+                window=timedelta(minutes=settings.login_window_minutes),
+            ),
+        )
+        return cls(Signing(secret_keys(settings)), templates(), rules, settings.cookie_secure)
+
+
+def get_console(request: Request) -> ConsoleState:
+    state: ConsoleState = request.app.state.console
+    return state
+
+
+ConsoleDep = Annotated[ConsoleState, Depends(get_console)]
