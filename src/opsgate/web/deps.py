@@ -22,12 +22,17 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def get_origin(request: Request) -> Origin:
+def origin_of(request: Request) -> Origin:
+    """Where a request came from, for the audit record (request ID set by the middleware)."""
     return Origin(
         request_id=str(request.scope["state"]["request_id"]),
         ip=request.client.host if request.client else None,
         user_agent=request.headers.get("user-agent"),
     )
+
+
+async def get_origin(request: Request) -> Origin:
+    return origin_of(request)
 
 
 OriginDep = Annotated[Origin, Depends(get_origin)]

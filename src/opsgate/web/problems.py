@@ -10,7 +10,6 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from opsgate.core.actors import Origin
 from opsgate.core.audit import AuditEntry, AuditResult
 from opsgate.core.errors import (
     InvalidPayload,
@@ -19,6 +18,7 @@ from opsgate.core.errors import (
     error_body,
     problem_body,
 )
+from opsgate.web.deps import origin_of
 
 MEDIA_TYPE = "application/problem+json"
 
@@ -68,11 +68,7 @@ def _audit_invalid_request(request: Request, errors: list[dict[str, Any]]) -> No
         result=AuditResult.INVALID,
         parameters={"errors": [{"loc": e["loc"], "type": e["type"]} for e in errors]},
     )
-    origin = Origin(
-        request_id=request_id_of(request),
-        ip=request.client.host if request.client else None,
-        user_agent=request.headers.get("user-agent"),
-    )
+    origin = origin_of(request)
     error = InvalidPayload("The request's parameters are invalid.", errors=errors)
     services.gateway.audit_refusal(error, entry, request.scope["state"].get("actor"), origin)
 

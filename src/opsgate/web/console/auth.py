@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from opsgate.core import console_sessions
-from opsgate.core.actors import Actor, Origin
+from opsgate.core.actors import Actor
 from opsgate.core.audit import AuditEntry, AuditResult
 from opsgate.core.console_sessions import IssuedSession, SessionRefused, SignInMethod
 from opsgate.core.errors import Forbidden, OpsgateError
@@ -25,7 +25,7 @@ from opsgate.core.policy import Capability
 from opsgate.db.models import User
 from opsgate.web.console.rendering import error_page
 from opsgate.web.console.state import ConsoleDep, ConsoleState
-from opsgate.web.deps import OriginDep, ServicesDep
+from opsgate.web.deps import OriginDep, ServicesDep, origin_of
 from opsgate.web.security import (
     CSRF_FIELD,
     PRESESSION_COOKIE,
@@ -138,16 +138,7 @@ async def csrf_protect(request: Request, console: ConsoleDep) -> None:
 
 def require(services: Services, viewer: Viewer, capability: Capability, request: Request) -> None:
     """Refuse (audited, as the API does) unless the viewer holds `capability`."""
-    services.require(viewer.actor, capability, _origin(request))
-
-
-def _origin(request: Request) -> Origin:
-    """The same Origin as `deps.get_origin`, for code outside dependency injection."""
-    return Origin(
-        request_id=str(request.scope["state"]["request_id"]),
-        ip=request.client.host if request.client else None,
-        user_agent=request.headers.get("user-agent"),
-    )
+    services.require(viewer.actor, capability, origin_of(request))
 
 
 # --- sessions begin here ---------------------------------------------------------------
@@ -188,7 +179,7 @@ def begin_session(
             session,
             user,
             method=method,
-            origin=_origin(request),
+            origin=origin_of(request),
             now=services.clock.now(),
             rules=console.rules,
             policy_version=services.policy.version,
@@ -233,7 +224,7 @@ def _audit_csrf(request: Request, reason: str) -> None:
             parameters={"method": request.method, "path": request.url.path[:200]},
         ),
         None,
-        _origin(request),
+        origin_of(request),
     )
 
 
