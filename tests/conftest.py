@@ -264,7 +264,14 @@ def services_with_policy(services: Services, policy_text: str) -> Services:
 
     registry = build_registry()
     policy = parse_policy(policy_text, registry)
-    gateway = Gateway(services.db, registry, policy, services.clock, services.gateway.idempotency)
+    gateway = Gateway(
+        services.db,
+        registry,
+        policy,
+        services.clock,
+        services.gateway.idempotency,
+        services.integrations,
+    )
     return Services(
         services.settings,
         services.db,
@@ -273,6 +280,7 @@ def services_with_policy(services: Services, policy_text: str) -> Services:
         services.clock,
         gateway,
         Approvals(gateway),
+        services.integrations,
     )
 
 

@@ -16,6 +16,8 @@ class Settings(BaseSettings):
 
     database_url: str = Field(default="sqlite:///./opsgate.db")
     policy: Path = Field(default=DEMO_POLICY)
+    # Remote backends and webhook subscriptions (core/integrations.py); unset: none.
+    integrations: Path | None = None
     log_level: str = Field(default="INFO")
     # JSON lines for machines; `console` renders them for a human at a terminal.
     log_format: str = Field(default="json", pattern="^(json|console)$")

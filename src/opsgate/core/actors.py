@@ -22,3 +22,5 @@ class Origin:
     request_id: str
     ip: str | None = None
     user_agent: str | None = None
+    # The W3C trace ID (32 lowercase hex) the request belongs to.
+    trace_id: str | None = None

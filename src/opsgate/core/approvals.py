@@ -404,7 +404,7 @@ class Approvals:
                 return replace(decided, status=self._status_of(approval_id))
             approval.status = S.EXECUTING.value
             approval.execution_request_id = execution_id
-            run_origin = Origin(approval.request_id, origin.ip, origin.user_agent)
+            run_origin = replace(origin, request_id=approval.request_id)
             base = _entry(
                 approval,
                 AuditResult.SUCCEEDED,

@@ -103,6 +103,7 @@ def record(
         after=_clean(entry.after),
         outcome=_clean(entry.outcome),
         policy_version=policy_version,
+        trace_id=origin.trace_id,
         flags=_clean(entry.flags) if entry.flags else None,
     )
     return append(session, row)

@@ -33,8 +33,11 @@ HASHED_FIELDS = (
     "seq", "id", "occurred_at", "request_id", "execution_request_id", "approval_id",
     "actor_id", "actor_name", "actor_roles", "credential_id", "origin_ip", "user_agent",
     "action", "target", "parameters", "reason", "result", "error_code", "error_message",
-    "before", "after", "outcome", "flags", "policy_version", "prev_hash",
+    "before", "after", "outcome", "flags", "policy_version", "prev_hash", "trace_id",
 )  # fmt: skip
+# Fields added after records existed: hashed only when set, so older records keep their hash
+# (and setting or clearing one later still changes the hash).
+_OPTIONAL_FIELDS = frozenset({"trace_id"})
 
 
 def _canonical_value(value: Any) -> Any:
@@ -46,7 +49,9 @@ def _canonical_value(value: Any) -> Any:
 def hash_values(values: Sequence[Any]) -> str:
     """The hash of a record given its HASHED_FIELDS values, in that order."""
     fields = {
-        name: _canonical_value(value) for name, value in zip(HASHED_FIELDS, values, strict=True)
+        name: _canonical_value(value)
+        for name, value in zip(HASHED_FIELDS, values, strict=True)
+        if value is not None or name not in _OPTIONAL_FIELDS
     }
     return hashlib.sha256(canonical_json(fields).encode()).hexdigest()
 

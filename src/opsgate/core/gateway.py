@@ -39,6 +39,7 @@ from opsgate.core.errors import (
     error_body,
 )
 from opsgate.core.idempotency import Idempotency, check_key, request_hash
+from opsgate.core.integrations import NO_INTEGRATIONS, Integrations
 from opsgate.core.policy import ControlMode, Policy
 from opsgate.core.redaction import redact, sensitive_fields
 from opsgate.core.registry import (
@@ -156,8 +157,10 @@ class Gateway:
         policy: Policy,
         clock: Clock,
         idempotency: Idempotency | None = None,
+        integrations: Integrations = NO_INTEGRATIONS,
     ) -> None:
         self.db = db
+        self.integrations = integrations
         self.registry = registry
         self.policy = policy
         self.clock = clock

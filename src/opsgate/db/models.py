@@ -108,9 +108,13 @@ class AuditRecord(Base):
     # Warnings raised by the control layer, e.g. near-duplicate money movement.
     flags: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     policy_version: Mapped[str | None] = mapped_column(String(64))
+    # The W3C trace ID (32 hex) of the request that wrote it; hashed only when set, so the
+    # records chained before traces existed keep their hashes.
+    trace_id: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
         Index("ix_audit_records_request_id", "request_id"),
+        Index("ix_audit_records_trace_id", "trace_id"),
         Index("ix_audit_records_execution_request_id", "execution_request_id"),
         Index("ix_audit_records_approval_id", "approval_id", "seq"),
         Index("ix_audit_records_actor_seq", "actor_id", "seq"),
@@ -332,3 +336,75 @@ class UserIdentity(Base):
     last_sign_in_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = (UniqueConstraint("issuer", "subject"),)
+
+
+class BackendCall(Base):
+    """One call of an action to a remote backend (core/backends.py), recorded before the
+    request leaves and settled after: an outcome that cannot be known (a timeout, a crash) is
+    `unknown` until `opsgate reconcile` asks the backend with the same idempotency key."""
+
+    __tablename__ = "backend_calls"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    backend: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(128))
+    target: Mapped[str] = mapped_column(String(200))
+    actor_id: Mapped[str | None] = mapped_column(String(40))
+    request_id: Mapped[str] = mapped_column(String(128))
+    execution_request_id: Mapped[str | None] = mapped_column(String(128))
+    approval_id: Mapped[str | None] = mapped_column(String(40))
+    trace_id: Mapped[str | None] = mapped_column(String(32))
+    # Derived from the caller's key (or the approval): the same on every retry.
+    idempotency_key: Mapped[str] = mapped_column(String(128))
+    # pending | succeeded | rejected | unavailable | unknown | not_executed
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    # What was sent (payload redacted) and what came back (redacted), for `opsgate trace`.
+    request: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    reconciled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (
+        Index("ix_backend_calls_status_started", "status", "started_at"),
+        Index("ix_backend_calls_idempotency_key", "idempotency_key"),
+        Index("ix_backend_calls_request_id", "request_id"),
+        Index("ix_backend_calls_execution_request_id", "execution_request_id"),
+    )
+
+
+class OutboxEvent(Base):
+    """A notification to deliver to one webhook subscription, written in the transaction of
+    the change it reports (so none is lost or sent for a rolled-back action) and delivered
+    after commit, with retries, by core/webhooks.py."""
+
+    __tablename__ = "outbox_events"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    # Shared by the deliveries of one event to several subscriptions (receivers dedupe on it).
+    event_id: Mapped[str] = mapped_column(String(40))
+    event_type: Mapped[str] = mapped_column(String(64))
+    subscription: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    trace_id: Mapped[str | None] = mapped_column(String(32))
+    # pending | delivered | dead
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Set while a deliverer holds the row, so another process skips it until it expires.
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_outbox_events_status_next", "status", "next_attempt_at"),
+        Index("ix_outbox_events_event_id", "event_id"),
+        Index("ix_outbox_events_request_id", "request_id"),
+    )

@@ -14,6 +14,7 @@ from opsgate.core.clock import Clock, SystemClock
 from opsgate.core.errors import Forbidden
 from opsgate.core.gateway import Gateway
 from opsgate.core.idempotency import Idempotency
+from opsgate.core.integrations import NO_INTEGRATIONS, Integrations, load_integrations
 from opsgate.core.policy import Capability, Policy, load_policy
 from opsgate.core.registry import Registry
 from opsgate.core.request_ids import new_request_id
@@ -31,12 +32,15 @@ class Services:
     clock: Clock
     gateway: Gateway
     approvals: Approvals
+    integrations: Integrations = NO_INTEGRATIONS
 
     @classmethod
     def build(cls, settings: Settings, *, clock: Clock | None = None) -> Services:
-        """Load and validate the policy, open the database; raise PolicyError on a bad policy."""
+        """Load and validate the policy and the integrations, open the database; raise
+        PolicyError or IntegrationsError naming every problem."""
         registry = build_registry()
         policy = load_policy(settings.policy, registry)
+        integrations = load_integrations(settings.integrations, registry)
         db = Database(settings.database_url)
         clock = clock or SystemClock()
         idempotency = Idempotency(
@@ -44,8 +48,8 @@ class Services:
             retention=timedelta(hours=settings.idempotency_retention_hours),
             lock_timeout=timedelta(seconds=settings.idempotency_lock_timeout_seconds),
         )
-        gateway = Gateway(db, registry, policy, clock, idempotency)
-        return cls(settings, db, registry, policy, clock, gateway, Approvals(gateway))
+        gateway = Gateway(db, registry, policy, clock, idempotency, integrations)
+        return cls(settings, db, registry, policy, clock, gateway, Approvals(gateway), integrations)
 
     def record_startup(self) -> None:
         """Audit that this process started and which policy it loaded (PCI DSS 10.2.1.6)."""

@@ -118,7 +118,7 @@ def _chain_existing_records() -> tuple[int, str]:
     seq, prev = 0, GENESIS
     for row in rows:
         seq += 1
-        values = {name: row[name] for name in HASHED_FIELDS if name not in ("seq", "prev_hash")}
+        values = {name: row.get(name) for name in HASHED_FIELDS if name not in ("seq", "prev_hash")}
         record = SimpleNamespace(**values, seq=seq, prev_hash=prev)
         digest = record_hash(record)  # type: ignore[arg-type]
         bind.execute(
