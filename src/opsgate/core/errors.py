@@ -27,6 +27,9 @@ class ProblemCode(StrEnum):
     IDEMPOTENCY_MISMATCH = "idempotency_mismatch"
     IDEMPOTENCY_IN_FLIGHT = "idempotency_in_flight"
     LIMIT_EXCEEDED = "limit_exceeded"
+    BACKEND_REJECTED = "backend_rejected"
+    BACKEND_UNAVAILABLE = "backend_unavailable"
+    BACKEND_TIMEOUT = "backend_timeout"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     INTERNAL_ERROR = "internal_error"
@@ -141,6 +144,30 @@ class LimitExceeded(OpsgateError):
     code = ProblemCode.LIMIT_EXCEEDED
     status = 429
     title = "Usage limit reached"
+
+
+class BackendRejected(OpsgateError):
+    """The remote backend refused the action by its own rules; nothing was done."""
+
+    code = ProblemCode.BACKEND_REJECTED
+    status = 409
+    title = "Refused by the backend"
+
+
+class BackendUnavailable(OpsgateError):
+    """The remote backend could not be reached or said it could not serve; nothing was done."""
+
+    code = ProblemCode.BACKEND_UNAVAILABLE
+    status = 503
+    title = "The backend is unavailable"
+
+
+class BackendTimeout(OpsgateError):
+    """The remote backend did not answer in time: the outcome is unknown until reconciled."""
+
+    code = ProblemCode.BACKEND_TIMEOUT
+    status = 504
+    title = "The backend did not answer in time"
 
 
 class NotFound(OpsgateError):
