@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml
 .PHONY: install
 install: $(STAMP) ## Create .venv and install opsgate with its development tools
 
+# `make run LEDGER=1` also starts the demo ledger as its own service (port 8100, ./ledger.db,
+# a dev secret generated once into $(LEDGER_SECRET_FILE)) and runs the money-moving actions there.
+LEDGER_SECRET_FILE := .opsgate-ledger-secret
 .PHONY: run
 run: $(STAMP) ## Migrate, seed demo data (SQLite) and serve on http://$(HOST):$(PORT)
 	$(BIN)/opsgate db upgrade
@@ -35,7 +38,17 @@ run: $(STAMP) ## Migrate, seed demo data (SQLite) and serve on http://$(HOST):$(
 	@echo "More tokens: $(BIN)/opsgate tokens create <username>   e.g. alice, rita, olga, audrey"
 	@echo 'Try:        curl -H "Authorization: Bearer <token>" http://$(HOST):$(PORT)/api/v1/actions'
 	@echo
+ifdef LEDGER
+	@test -s $(LEDGER_SECRET_FILE) || (umask 077 && $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(48))' > $(LEDGER_SECRET_FILE))
+	$(BIN)/opsgate ledger-service init --from $(OPSGATE_DATABASE_URL)
+	@echo "ledger service on http://127.0.0.1:8100: payment.reverse and account.adjust_balance run there"
+	@export OPSGATE_LEDGER_SECRET="$$(cat $(LEDGER_SECRET_FILE))"; \
+	$(BIN)/opsgate ledger-service serve --port 8100 & ledger=$$!; \
+	trap 'kill $$ledger 2>/dev/null; wait $$ledger 2>/dev/null' EXIT INT TERM; \
+	OPSGATE_INTEGRATIONS=src/opsgate/domain/integrations.toml $(BIN)/opsgate serve --host $(HOST) --port $(PORT)
+else
 	$(BIN)/opsgate serve --host $(HOST) --port $(PORT)
+endif
 
 .PHONY: lint
 lint: $(STAMP) ## ruff (lint and format check) and mypy
@@ -61,4 +74,4 @@ bench: $(STAMP) ## Benchmarks (governed vs bare action path on SQLite and Postgr
 
 .PHONY: clean
 clean: ## Remove the virtualenv, caches and the local SQLite database
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache opsgate.db opsgate.db-wal opsgate.db-shm
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache opsgate.db opsgate.db-wal opsgate.db-shm ledger.db ledger.db-wal ledger.db-shm

@@ -17,6 +17,7 @@ from bench import (  # noqa: F401
     audit_trail,
     console_pages,
     payment_reverse,
+    scale_out,
 )
 from bench.report import (
     TABLE_WIDTH,

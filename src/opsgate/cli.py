@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import re
 import sys
 from datetime import datetime, timedelta
@@ -14,9 +15,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import func, select
 
-from opsgate.core import audit_chain, audit_files, console_sessions, passwords
+from opsgate.core import audit_chain, audit_files, console_sessions, passwords, trace_report
 from opsgate.core import tokens as token_service
 from opsgate.core.actors import Actor, Origin
 from opsgate.core.audit import AuditEntry, AuditResult, record
@@ -25,11 +27,13 @@ from opsgate.core.clock import SystemClock, as_utc
 from opsgate.core.errors import NotFound
 from opsgate.core.policy import PolicyError, load_policy
 from opsgate.core.request_ids import new_request_id
+from opsgate.core.tracing import continue_or_start
 from opsgate.core.users import ensure_user, find_user
 from opsgate.db import migrate
 from opsgate.db.engine import Database
 from opsgate.domain import seed as demo_seed
 from opsgate.domain.catalog import build_registry
+from opsgate.ledger_service.cli import ledger_app
 from opsgate.settings import get_settings
 
 app = typer.Typer(
@@ -44,6 +48,9 @@ tokens_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 policy_app = typer.Typer(help="The policy file.", no_args_is_help=True)
 approvals_app = typer.Typer(help="Approval requests.", no_args_is_help=True)
 idempotency_app = typer.Typer(help="Stored idempotent answers.", no_args_is_help=True)
+webhooks_app = typer.Typer(
+    help="Webhook notifications: deliver, list, retry dead letters.", no_args_is_help=True
+)
 audit_app = typer.Typer(
     help="The audit trail: verify, checkpoint, export, archive.", no_args_is_help=True
 )
@@ -54,7 +61,9 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(policy_app, name="policy")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(idempotency_app, name="idempotency")
+app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(audit_app, name="audit")
+app.add_typer(ledger_app, name="ledger-service")
 
 err = Console(stderr=True)
 # Set only by `opsgate demo seed --demo-passwords` (make run); never by default.
@@ -70,6 +79,15 @@ def _cli_actor() -> Actor:
     except (KeyError, OSError):
         name = "unknown"
     return Actor(id=f"cli:{name}", name=f"{name} (cli)", roles=frozenset())
+
+
+def _cli_origin() -> Origin:
+    # Each command's records get a trace ID: the one TRACEPARENT names when a traced job runs
+    # the command, else a new one.
+    trace = continue_or_start(os.environ.get("TRACEPARENT"))
+    return Origin(
+        request_id=new_request_id(), ip=None, user_agent="opsgate-cli", trace_id=trace.trace_id
+    )
 
 
 def _database() -> Database:
@@ -351,7 +369,7 @@ def approvals_expire() -> None:
     from opsgate.web.services import Services
 
     services = Services.build(get_settings())
-    origin = Origin(request_id=new_request_id(), ip=None, user_agent="opsgate-cli")
+    origin = _cli_origin()
     expired = services.approvals.expire_due(origin)
     services.db.dispose()
     for approval_id in expired:
@@ -368,6 +386,41 @@ def idempotency_prune() -> None:
     removed = services.gateway.idempotency.prune(services.clock.now())
     services.db.dispose()
     err.print(f"{removed} stored answer(s) pruned")
+
+
+@app.command()
+def reconcile(
+    pending_after: Annotated[
+        str, typer.Option(help="Treat calls pending this long as abandoned (e.g. 5m)")
+    ] = "5m",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per call")] = False,
+) -> None:
+    """Ask remote backends what became of calls whose outcome is unknown (audited).
+
+    Run it from cron or a timer, e.g. every minute; it is safe to run from several hosts.
+    Exits 1 while some calls remain unknown."""
+    from opsgate.core.reconcile import reconcile as run_reconcile
+    from opsgate.web.services import Services
+
+    services = Services.build(get_settings())
+    try:
+        found = run_reconcile(services.gateway, pending_after=_parse_duration(pending_after))
+    finally:
+        services.gateway.backends.close()
+        services.db.dispose()
+    if as_json:
+        for settlement in found:
+            typer.echo(json.dumps(settlement.as_dict()))
+    else:
+        table = Table("call", "request ID", "action", "target", "was", "now", "note")
+        for s in found:
+            table.add_row(s.call_id, s.request_id, s.action, s.target, s.was, s.status, s.note)
+        if found:
+            Console().print(table)
+    open_calls = [s for s in found if not s.settled]
+    err.print(f"{len(found) - len(open_calls)} call(s) settled, {len(open_calls)} still unknown")
+    if open_calls:
+        raise typer.Exit(1)
 
 
 def _progress(total: int, label: str) -> Progress:
@@ -388,7 +441,7 @@ def _record_cli_read(db: Database, action: str, params: dict[str, object]) -> No
             session,
             AuditEntry(action=action, result=AuditResult.SUCCEEDED, parameters=params),
             actor=_cli_actor(),
-            origin=Origin(request_id=new_request_id(), ip=None, user_agent="opsgate-cli"),
+            origin=_cli_origin(),
             policy_version=_policy_version(),
             now=SystemClock().now(),
         )
@@ -426,6 +479,47 @@ def audit_verify(
     where = f"record {result.first_bad_id or '(missing)'} (seq {result.first_bad_seq})"
     err.print(f"BROKEN at {where}: {result.problem}", style="red", markup=False)
     raise typer.Exit(1)
+
+
+@app.command("trace")
+def trace_command(
+    key: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID",
+            help="A request ID, an execution request ID, a trace ID (32 hex) or an approval "
+            "ID (apr_…).",
+        ),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per event.")] = False,
+) -> None:
+    """Everything known about one request, oldest first: audit records, the approval and its
+    decisions, backend calls, webhook events. Exit 1 when nothing is known. Audited."""
+    db = _database()
+    with db.reading() as session:
+        report = trace_report.gather(session, key)
+    _record_cli_read(db, "audit.trace", {"id": key, "events": len(report.events)})
+    db.dispose()
+    if not report.found:
+        err.print(
+            f"nothing known about {key}: no audit record, approval, backend call or webhook "
+            "event names it",
+            style="red",
+            markup=False,
+        )
+        raise typer.Exit(1)
+    if as_json:
+        for event in report.events:
+            typer.echo(json.dumps(event.as_dict(), default=str))
+    else:
+        table = Table("time", "kind", "what", "result", "ids", title=f"trace {key}")
+        for event in report.events:
+            ids = "\n".join(f"{name} {value}" for name, value in event.ids.items())
+            cells = (event.at.isoformat(timespec="milliseconds"), event.kind, event.what)
+            table.add_row(*(Text(cell) for cell in (*cells, event.result, ids)))
+        Console().print(table)
+    if report.truncated:
+        err.print(f"more than {trace_report.MAX_ROWS} records of one kind: the first shown")
 
 
 @audit_app.command("checkpoint")
@@ -535,7 +629,7 @@ def audit_archive(
                 before=before,
                 directory=directory,
                 actor=_cli_actor(),
-                origin=Origin(request_id=new_request_id(), ip=None, user_agent="opsgate-cli"),
+                origin=_cli_origin(),
                 policy_version=services.policy.version,
                 now=services.clock.now(),
                 progress=lambda n: bar.advance(task, n),
@@ -567,6 +661,117 @@ def audit_verify_archive(
     )
 
 
+@webhooks_app.command("deliver")
+def webhooks_deliver(
+    once: Annotated[
+        bool, typer.Option("--once", help="Attempt what is due now, then exit (cron).")
+    ] = False,
+) -> None:
+    """Deliver queued webhook events until interrupted (safe beside `opsgate serve` and
+    other deliverers)."""
+    import contextlib
+    import threading
+
+    from opsgate.core.webhooks import Deliverer
+    from opsgate.web.services import Services
+
+    settings = get_settings()
+    services = Services.build(settings)
+    if not services.integrations.webhooks:
+        # Delivering without subscriptions would mark every queued event dead.
+        err.print("no webhooks are configured (OPSGATE_INTEGRATIONS)", style="red")
+        services.db.dispose()
+        raise typer.Exit(2)
+    deliverer = Deliverer(
+        services.db, services.integrations, services.clock, public_url=settings.public_url
+    )
+    try:
+        if once:
+            report = deliverer.deliver_due(limit=100_000)
+            err.print(
+                f"{report.delivered} delivered, {report.retrying} to retry, {report.dead} dead"
+            )
+        else:
+            err.print("delivering webhook events; Ctrl-C stops")
+            with contextlib.suppress(KeyboardInterrupt):
+                deliverer.run(threading.Event())
+    finally:
+        deliverer.close()
+        services.db.dispose()
+
+
+@webhooks_app.command("list")
+def webhooks_list(
+    status: Annotated[
+        str | None,
+        typer.Option(help="Only events of this status: pending, delivered or dead."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per event.")] = False,
+) -> None:
+    """List outbox events, newest first."""
+    from opsgate.core.outbox import OutboxStatus
+    from opsgate.core.webhooks import listing
+
+    if status is not None and status not in set(OutboxStatus):
+        raise typer.BadParameter("pending, delivered or dead", param_hint="--status")
+    db = _database()
+    with db.reading() as session:
+        rows = listing(session, status, limit)
+    db.dispose()
+    if as_json:
+        for row in rows:
+            typer.echo(
+                json.dumps(
+                    {
+                        "id": row.id,
+                        "event_id": row.event_id,
+                        "event_type": row.event_type,
+                        "subscription": row.subscription,
+                        "status": row.status,
+                        "attempts": row.attempts,
+                        "next_attempt_at": row.next_attempt_at.isoformat(),
+                        "last_status": row.last_status,
+                        "last_error": row.last_error,
+                        "request_id": row.request_id,
+                        "created_at": row.created_at.isoformat(),
+                    }
+                )
+            )
+        return
+    table = Table("id", "event", "subscription", "status", "attempts", "next attempt", "last error")
+    for row in rows:
+        table.add_row(
+            row.id,
+            row.event_type,
+            row.subscription,
+            row.status,
+            str(row.attempts),
+            row.next_attempt_at.isoformat(timespec="seconds") if row.status == "pending" else "",
+            (row.last_error or "")[:80],
+        )
+    Console().print(table)
+
+
+@webhooks_app.command("retry")
+def webhooks_retry(event_row_id: str) -> None:
+    """Queue a dead event again (attempts start over); the next delivery run sends it."""
+    from opsgate.core.webhooks import NotDead, retry_dead
+
+    db = _database()
+    try:
+        with db.writing() as session:
+            try:
+                row = retry_dead(session, event_row_id, SystemClock().now())
+            except (NotFound, NotDead) as exc:
+                err.print(str(exc), style="red", markup=False)
+                raise typer.Exit(1) from exc
+            session.commit()
+            err.print(f"{row.id} ({row.event_type} to {row.subscription}) queued again")
+    finally:
+        db.dispose()
+
+
 def _audit_credential(
     session: object,
     action: str,
@@ -586,7 +791,7 @@ def _audit_credential(
             parameters={"token_id": token_id, **(parameters or {})} if token_id else parameters,
         ),
         actor=_cli_actor(),
-        origin=Origin(request_id=new_request_id(), ip=None, user_agent="opsgate-cli"),
+        origin=_cli_origin(),
         policy_version=_policy_version(),
         now=SystemClock().now(),
     )

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     # Mount `/bench/*` endpoints that do the same work as an action with no controls.
     # Only `make bench` sets this; never enable it in production.
     bench_endpoints: bool = False
+    # The address operators reach opsgate at (e.g. https://opsgate.example.com): webhook
+    # events link to the console with it. Unset: events carry no links.
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
+    # Deliver webhook events from a background thread of each `opsgate serve` process. Off:
+    # run `opsgate webhooks deliver` instead (events are queued either way).
+    webhook_delivery: bool = True
 
     # --- the operator console (docs/console.md) ---
     # Signs session cookies and CSRF tokens; every process of one deployment needs the same.

@@ -4,6 +4,7 @@ detected and names the right record."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 from collections.abc import Callable, Iterator
@@ -277,7 +278,23 @@ FORGED_VALUES: dict[str, Callable[[AuditRecord], Any]] = {
     "policy_version": lambda r: "f" * 64,
     "prev_hash": lambda r: "e" * 64,
     "hash": lambda r: "d" * 64,
+    # Set where there was none, or cleared where there was one: both change the hash.
+    "trace_id": lambda r: None if r.trace_id else "f" * 32,
 }
+
+
+def test_a_trace_id_is_hashed_when_set_and_older_records_keep_their_hash() -> None:
+    from opsgate.core.audit_chain import HASHED_FIELDS, hash_values
+    from opsgate.core.canonical import canonical_json
+
+    values = [f"value-{name}" for name in HASHED_FIELDS]
+    position = HASHED_FIELDS.index("trace_id")
+    without: list[str | None] = [*values[:position], None, *values[position + 1 :]]
+    legacy = {name: value for name, value in zip(HASHED_FIELDS, values, strict=True)}
+    del legacy["trace_id"]
+    # A record written before trace IDs existed hashes exactly as it did then.
+    assert hash_values(without) == hashlib.sha256(canonical_json(legacy).encode()).hexdigest()
+    assert hash_values(values) != hash_values(without)
 
 
 def test_editing_any_field_of_a_record_names_that_record(

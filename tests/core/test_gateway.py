@@ -32,6 +32,8 @@ description = "may do everything"
 description = "may do nothing"
 [capabilities."audit.read"]
 allow = []
+[capabilities."metrics.read"]
+allow = []
 [capabilities."records.search"]
 allow = []
 """

@@ -85,6 +85,7 @@ def test_demo_policy_loads_and_covers_every_registered_action() -> None:
     assert demo_policy().roles() == [
         "admin",
         "auditor",
+        "monitor",
         "ops_lead",
         "risk_reviewer",
         "support_agent",

@@ -275,6 +275,8 @@ POLICY_ROLES = """
 description = "may do everything"
 [capabilities."audit.read"]
 allow = []
+[capabilities."metrics.read"]
+allow = []
 [capabilities."records.search"]
 allow = []
 """

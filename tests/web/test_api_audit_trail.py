@@ -22,8 +22,10 @@ from opsgate.core.actors import Origin
 from opsgate.core.audit import AuditResult
 from opsgate.core.audit_chain import Checkpoint
 from opsgate.core.audit_files import CSV_COLUMNS
+from opsgate.core.backends import LookupAnswer
 from opsgate.core.clock import FrozenClock
-from opsgate.core.errors import LimitExceeded
+from opsgate.core.errors import BackendTimeout, LimitExceeded
+from opsgate.core.reconcile import reconcile
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord
 from opsgate.domain.models import Account, Payment
@@ -38,6 +40,7 @@ from tests.core.test_audit_chain import (
     records,
     tampering,
 )
+from tests.core.test_remote_actions import ScriptedBackend, failed_answer, remote_services
 
 PROBLEM = "application/problem+json"
 
@@ -437,6 +440,19 @@ def test_every_result_kind_is_recorded_and_found_by_result(
     )
     assert replay.replayed
     expected["replayed"] = "k-rev-3"
+
+    # A remote backend that never answers, then reconciliation.
+    scripted = ScriptedBackend(answers=[lambda _request: failed_answer("unknown", None)])
+    remotely = remote_services(services, scripted)
+    with pytest.raises(BackendTimeout):
+        remotely.gateway.submit(
+            actor(world, "bob"), "payment.reverse", body, Origin("k-unknown"), "k-unknown"
+        )
+    expected["unknown"] = "k-unknown"
+    scripted.lookups.append(LookupAnswer(status="not_found", http_status=404))
+    clock.advance(timedelta(minutes=10))
+    assert [s.status for s in reconcile(remotely.gateway)] == ["not_executed"]
+    expected["reconciled"] = "k-unknown"
 
     assert set(expected) == {kind.value for kind in AuditResult}
     for kind, request_id in expected.items():

@@ -18,9 +18,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from opsgate.core import metrics, outbox, remote
 from opsgate.core.actors import Actor, Origin
 from opsgate.core.approval_states import ApprovalStatus, check_transition
 from opsgate.core.audit import AuditEntry, AuditResult
+from opsgate.core.backends import BackendRequest, derive_key
 from opsgate.core.canonical import digest
 from opsgate.core.errors import (
     ApprovalExpired,
@@ -35,6 +37,7 @@ from opsgate.core.errors import (
 )
 from opsgate.core.gateway import Gateway, domain_refusal, failed_entry
 from opsgate.core.ids import new_id
+from opsgate.core.integrations import Backend
 from opsgate.core.policy import Capability
 from opsgate.core.redaction import redact, sensitive_fields
 from opsgate.core.registry import TargetRef
@@ -260,9 +263,15 @@ class Approvals:
                 origin,
                 now,
             )
+            self._notify(
+                session, outbox.EventType.DECIDED, approval, origin, now, actor, decision, comment
+            )
             session.commit()
             status, quorum, audit_id = approval.status, approval.quorum, row.id
         self.gateway.log_action(actor, _entry(approval, result), result, audit_id)
+        label = metrics.action_label(self.gateway.registry, approval_action)
+        if status in metrics.DECISIONS:
+            metrics.observe_decision(label, status, (now - approval.created_at).total_seconds())
         decided = DecisionResult(
             approval_id=approval_id,
             status=status,
@@ -272,7 +281,14 @@ class Approvals:
             audit_id=audit_id,
         )
         if status == S.APPROVED:
-            return self.execute(approval_id, origin, decided)
+            try:
+                executed = self.execute(approval_id, origin, decided)
+            except BaseException as exc:
+                metrics.observe_execution(label, metrics.result_of(exc))
+                raise
+            if executed.execution_request_id is not None:  # None: another executor ran it
+                metrics.observe_execution(label, executed.status)
+            return executed
         return decided
 
     def _decision_refusal(
@@ -349,6 +365,7 @@ class Approvals:
             return False
         _set_status(approval, S.EXPIRED, f"expired at {approval.expires_at.isoformat()}")
         self.gateway.write_audit(session, _entry(approval, AuditResult.EXPIRED), None, origin, now)
+        self._notify(session, outbox.EventType.EXPIRED, approval, origin, now)
         return True
 
     def expire_due(self, origin: Origin) -> list[str]:
@@ -429,6 +446,7 @@ class Approvals:
                     run_origin,
                     now,
                 )
+                self._notify(session, outbox.EventType.EXECUTED, approval, run_origin, now)
                 session.commit()
                 raise StaleApproval(
                     f"Not executed: {checked}.",
@@ -439,6 +457,11 @@ class Approvals:
                     },
                 )
             requester, spec, obj, payload = checked
+            backend = self.gateway.integrations.backend_for(spec.name)
+            if backend is not None:
+                return self._execute_remote(
+                    session, backend, approval, requester, base, run_origin, decided, now
+                )
             ctx = self.gateway.context(
                 session, requester, spec.name, execution_id, approval.reason, now, approval.id
             )
@@ -466,6 +489,7 @@ class Approvals:
                 approval.error_code = entry.error_code
                 approval.error_message = entry.error_message
                 row = self.gateway.write_audit(session, entry, requester, run_origin, now)
+                self._notify(session, outbox.EventType.EXECUTED, approval, run_origin, now)
                 session.commit()
                 self.gateway.log_action(requester, entry, AuditResult.FAILED, row.id)
                 if isinstance(failure, DomainError):
@@ -482,6 +506,7 @@ class Approvals:
             row = self.gateway.write_audit(
                 session, replace(base, **execution.audit_fields()), requester, run_origin, now
             )
+            self._notify(session, outbox.EventType.EXECUTED, approval, run_origin, now)
             session.commit()
         self.gateway.log_action(requester, base, AuditResult.SUCCEEDED, row.id)
         return replace(
@@ -491,6 +516,89 @@ class Approvals:
             result=dict(execution.outcome.result),
             audit_id=row.id,
         )
+
+    def _execute_remote(
+        self,
+        session: Session,
+        backend: Backend,
+        approval: ApprovalRequest,
+        requester: Actor,
+        base: AuditEntry,
+        run_origin: Origin,
+        decided: DecisionResult,
+        now: datetime,
+    ) -> DecisionResult:
+        """Execute an approved request in its backend (core/remote.py). The status is already
+        `executing` in this transaction; it commits with the call's record before the call,
+        so no other executor can start it, and the answer settles it in a new transaction.
+        An unknown outcome leaves it `executing` until `opsgate reconcile` learns the answer."""
+        approval_id = approval.id
+        execution_id = approval.execution_request_id
+        request = BackendRequest(
+            action=approval.action,
+            target=approval.target,
+            payload=dict(approval.payload),
+            reason=approval.reason,
+            actor_id=requester.id,
+            actor_name=requester.name,
+            actor_roles=tuple(sorted(requester.roles)),
+            request_id=approval.request_id,
+            approval_id=approval_id,
+            execution_request_id=execution_id,
+            idempotency_key=derive_key(
+                actor_id=requester.id, action=approval.action, approval_id=approval_id
+            ),
+            trace_id=run_origin.trace_id,
+        )
+        call_id = remote.begin(session, backend, request, self._sensitive(approval.action), now)
+        session.commit()
+
+        answer = remote.call(self.gateway.backends, backend, request)
+
+        with self.db.writing() as session:
+            now = self.clock.now()
+            call = remote.settle(session, self.gateway.registry, call_id, answer, now)
+            settling = session.get(ApprovalRequest, approval_id, with_for_update=True)
+            assert settling is not None
+            approval = settling
+            entry = remote.audit_entry(base, call, answer)
+            if answer.outcome == "succeeded":
+                _set_status(approval, S.SUCCEEDED)
+                approval.executed_at = now
+                approval.result = dict((answer.body or {}).get("result") or {})
+            elif answer.outcome == "unknown":
+                approval.status_detail = (
+                    "The backend's answer never came; the outcome is unknown until "
+                    "`opsgate reconcile` asks it again."
+                )
+            else:
+                _set_status(approval, S.FAILED, entry.error_message)
+                approval.executed_at = now
+                approval.error_code = entry.error_code
+                approval.error_message = entry.error_message
+            status = approval.status
+            result = approval.result
+            if status != S.EXECUTING.value:  # unknown: notified once reconciled
+                self._notify(session, outbox.EventType.EXECUTED, approval, run_origin, now)
+            row = self.gateway.write_audit(session, entry, requester, run_origin, now)
+            session.commit()
+        self.gateway.log_action(requester, entry, entry.result, row.id)
+        if answer.outcome == "succeeded":
+            return replace(
+                decided,
+                status=status,
+                execution_request_id=execution_id,
+                result=dict(result or {}),
+                audit_id=row.id,
+            )
+        error = remote.problem_of(answer)
+        error.extra |= {
+            "approval_id": approval_id,
+            "approval_status": status,
+            "execution_request_id": execution_id,
+            "backend_call_id": call_id,
+        }
+        raise error
 
     def _recheck(self, session: Session, approval: ApprovalRequest) -> str | tuple[Any, ...]:
         """Everything approved must still hold; return why not, or what to run."""
@@ -557,6 +665,31 @@ class Approvals:
         session.rollback()
         session.close()
         self.gateway.refuse(error, entry, actor, origin)
+
+    def _notify(
+        self,
+        session: Session,
+        event_type: outbox.EventType,
+        approval: ApprovalRequest,
+        origin: Origin,
+        now: datetime,
+        decided_by: Actor | None = None,
+        decision: str | None = None,
+        comment: str | None = None,
+    ) -> None:
+        """Enqueue a webhook event in this transaction (core/outbox.py)."""
+        outbox.notify_approval(
+            session,
+            self.gateway.integrations,
+            event_type,
+            approval,
+            origin=origin,
+            now=now,
+            sensitive=self._sensitive(approval.action),
+            decided_by=decided_by,
+            decision=decision,
+            comment=comment,
+        )
 
     def _sensitive(self, action: str) -> frozenset[str]:
         spec = self.gateway.registry.get(action)

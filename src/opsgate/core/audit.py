@@ -40,6 +40,10 @@ class AuditResult(StrEnum):
     LIMITED = "limited"
     WOULD_BE_LIMITED = "would_be_limited"
     REPLAYED = "replayed"
+    # A remote backend's answer never came (core/remote.py): neither success nor failure.
+    UNKNOWN = "unknown"
+    # `opsgate reconcile` learned what became of an unknown backend call.
+    RECONCILED = "reconciled"
 
 
 @dataclass(frozen=True)

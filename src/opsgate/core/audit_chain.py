@@ -15,6 +15,7 @@ complete rewrite by someone who can recompute hashes.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from opsgate.core import metrics
 from opsgate.core.canonical import canonical_json
 from opsgate.db.models import AuditArchive, AuditChainHead, AuditRecord
 
@@ -76,6 +78,7 @@ def append(session: Session, row: AuditRecord) -> AuditRecord:
     """Chain `row` after the head, in the caller's transaction (which then holds the head's
     lock until it commits or rolls back). `row` is written with plain SQL and stays
     detached: three statements, none of which reads the records table."""
+    started = time.perf_counter()
     seq, prev = session.execute(
         select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID).with_for_update()
     ).one()
@@ -84,6 +87,7 @@ def append(session: Session, row: AuditRecord) -> AuditRecord:
     row.hash = record_hash(row)
     session.execute(insert(_RECORDS), [{key: getattr(row, key) for key in _COLUMNS}])
     session.execute(update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(seq=row.seq, hash=row.hash))
+    metrics.observe_audit_append(time.perf_counter() - started)
     return row
 
 

@@ -135,6 +135,7 @@ def as_dict(row: AuditRecord) -> dict[str, Any]:
         "outcome": row.outcome,
         "flags": row.flags,
         "policy_version": row.policy_version,
+        "trace_id": row.trace_id,
         "seq": row.seq,
         "prev_hash": row.prev_hash,
         "hash": row.hash,

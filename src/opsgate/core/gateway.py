@@ -13,6 +13,7 @@ handler's partial effects are rolled back before its refusal is recorded.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -22,12 +23,14 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session
 
-from opsgate.core import limits, near_duplicates
+from opsgate.core import limits, metrics, near_duplicates, outbox, remote
 from opsgate.core.actors import Actor, Origin
 from opsgate.core.approval_requests import open_request
 from opsgate.core.audit import AuditEntry, AuditResult, record
+from opsgate.core.backends import BackendClient, BackendRequest, derive_key
 from opsgate.core.clock import Clock
 from opsgate.core.errors import (
+    BackendRejected,
     DomainError,
     DomainRejected,
     Forbidden,
@@ -39,7 +42,7 @@ from opsgate.core.errors import (
     error_body,
 )
 from opsgate.core.idempotency import Idempotency, check_key, request_hash
-from opsgate.core.integrations import NO_INTEGRATIONS, Integrations
+from opsgate.core.integrations import NO_INTEGRATIONS, Backend, Integrations
 from opsgate.core.policy import ControlMode, Policy
 from opsgate.core.redaction import redact, sensitive_fields
 from opsgate.core.registry import (
@@ -158,9 +161,11 @@ class Gateway:
         clock: Clock,
         idempotency: Idempotency | None = None,
         integrations: Integrations = NO_INTEGRATIONS,
+        backends: BackendClient | None = None,
     ) -> None:
         self.db = db
         self.integrations = integrations
+        self.backends = backends or BackendClient()
         self.registry = registry
         self.policy = policy
         self.clock = clock
@@ -185,8 +190,29 @@ class Gateway:
 
         Guarantees: the handler runs only after permission and validation passed; its effects,
         its audit record and its idempotent answer commit together or not at all; every
-        refusal is audited.
+        refusal is audited. Counted and timed in `opsgate_actions_total` and
+        `opsgate_action_duration_seconds` (core/metrics.py).
         """
+        label = metrics.action_label(self.registry, action)
+        started = time.perf_counter()
+        with metrics.action_in_progress():
+            try:
+                answer = self._submit(actor, action, body, origin, idempotency_key)
+            except BaseException as exc:
+                metrics.observe_action(label, metrics.result_of(exc), time.perf_counter() - started)
+                raise
+        result = metrics.REPLAYED if isinstance(answer, Replayed) else answer.status
+        metrics.observe_action(label, result, time.perf_counter() - started)
+        return answer
+
+    def _submit(
+        self,
+        actor: Actor,
+        action: str,
+        body: bytes | Mapping[str, Any],
+        origin: Origin,
+        idempotency_key: str | None,
+    ) -> ActionResult | Replayed:
         spec = self.registry.get(action)
         if spec is None:
             self.refuse(
@@ -243,8 +269,8 @@ class Gateway:
         claim = KeyClaim(actor.id, key)
         try:
             return self._execute(spec, envelope, target, payload, actor, origin, claim)
-        except DomainRejected:
-            raise  # its answer is stored with its audit record
+        except (DomainRejected, BackendRejected):
+            raise  # a final refusal: its answer is stored with its audit record
         except BaseException:
             # Nothing committed: a corrected or later retry may use the key again.
             self.idempotency.release(actor.id, key)
@@ -337,6 +363,15 @@ class Gateway:
                     session.rollback()
                     self._refuse_domain(exc, base, actor, origin, claim, companions)
                 approval.flags = dict(base.flags) if base.flags else None
+                outbox.notify_approval(
+                    session,
+                    self.integrations,
+                    outbox.EventType.REQUESTED,
+                    approval,
+                    origin=origin,
+                    now=now,
+                    sensitive=sensitive_fields(spec.payload_model),
+                )
                 entry = replace(
                     base,
                     result=AuditResult.APPROVAL_REQUESTED,
@@ -367,6 +402,12 @@ class Gateway:
                         outcome={"rule": requirement.describe()},
                     )
                 )
+            backend = self.integrations.backend_for(spec.name)
+            if backend is not None:
+                return self._execute_remote(
+                    session, backend, spec, envelope, target, params, base, companions, actor,
+                    origin, claim, now,
+                )  # fmt: skip
             try:
                 execution = self.run_handler(ctx, spec, obj, payload)
             except DomainError as exc:
@@ -419,6 +460,76 @@ class Gateway:
         session.commit()
         self.log_action(actor, entry, entry.result, row.id)
         return result
+
+    def _execute_remote(
+        self,
+        session: Session,
+        backend: Backend,
+        spec: ActionSpec,
+        envelope: ActionEnvelope,
+        target: TargetRef,
+        params: Mapping[str, Any],
+        base: AuditEntry,
+        companions: list[AuditEntry],
+        actor: Actor,
+        origin: Origin,
+        claim: KeyClaim | None,
+        now: datetime,
+    ) -> ActionResult:
+        """Run an accepted request in its backend (core/remote.py): record the call and the
+        request's use toward limits and commit, call without a transaction open, then settle
+        the call, mirror the new state, and write the audit record and the stored answer in
+        one transaction. A backend refusal is final (stored); an unreachable backend did
+        nothing (the key is released for a retry); an unknown outcome is recorded as such."""
+        request = BackendRequest(
+            action=spec.name,
+            target=str(target),
+            payload=dict(params),
+            reason=envelope.reason,
+            actor_id=actor.id,
+            actor_name=actor.name,
+            actor_roles=tuple(sorted(actor.roles)),
+            request_id=origin.request_id,
+            idempotency_key=derive_key(
+                actor_id=actor.id,
+                action=spec.name,
+                client_key=claim.key if claim else None,
+                request_id=origin.request_id,
+            ),
+            trace_id=origin.trace_id,
+        )
+        call_id = remote.begin(session, backend, request, sensitive_fields(spec.payload_model), now)
+        for companion in companions:
+            self.write_audit(session, companion, actor, origin, now)
+        limits.record_use(session, self.policy, spec.name, actor.id, params, origin.request_id, now)
+        session.commit()
+
+        answer = remote.call(self.backends, backend, request)
+
+        with self.db.writing() as session:
+            now = self.clock.now()
+            call = remote.settle(session, self.registry, call_id, answer, now)
+            entry = remote.audit_entry(base, call, answer)
+            row = self.write_audit(session, entry, actor, origin, now)
+            if answer.outcome == "succeeded":
+                result = ActionResult(
+                    status="succeeded",
+                    request_id=origin.request_id,
+                    audit_id=row.id,
+                    result=(answer.body or {}).get("result") or {},
+                )
+                if claim is not None:
+                    claim.store(session, result.http_status, result.body())
+                session.commit()
+                self.log_action(actor, entry, entry.result, row.id)
+                return result
+            error = remote.problem_of(answer)
+            error.extra |= {"backend_call_id": call_id}
+            if claim is not None and answer.outcome == "rejected":
+                claim.store(session, error.status, error_body(error, origin.request_id))
+            session.commit()
+        self.log_action(actor, entry, entry.result, row.id)
+        raise error
 
     def _limits(
         self,

@@ -51,6 +51,8 @@ class _Strict(BaseModel):
 def _http_url(value: str) -> str:
     if not re.match(r"^https?://[^\s/]+", value):
         raise ValueError("must be an http:// or https:// URL")
+    if "@" in value.split("/", 3)[2]:
+        raise ValueError("must not carry credentials (name the secret with secret_env)")
     return value.rstrip("/")
 
 

@@ -31,6 +31,7 @@ class Capability(StrEnum):
     """Things a role may do that are not actions on a target."""
 
     AUDIT_READ = "audit.read"
+    METRICS_READ = "metrics.read"
     RECORDS_SEARCH = "records.search"
 
 

@@ -115,6 +115,9 @@ class TargetKind:
     # The keys `snapshot` returns; policy conditions on `target.<field>` are checked against
     # them at start-up. `version` must be among them: it is how staleness is detected.
     fields: frozenset[str] = frozenset()
+    # For targets a remote backend owns: copy the state it reports after a change into the
+    # local read model, `mirror(session, id, state)` (core/remote.py). None: nothing kept.
+    mirror: Callable[[Session, str, Mapping[str, Any]], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _INVALID_TRACE = "0" * 32
 _INVALID_SPAN = "0" * 16
+_TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 _current: ContextVar[TraceParent | None] = ContextVar("opsgate_trace", default=None)
+# Set by web/tracing.py while OpenTelemetry is on: makes a trace current for it as well.
+_span_scope: Callable[[TraceParent], AbstractContextManager[object]] | None = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,11 @@ def new_trace_id() -> str:
 
 def new_span_id() -> str:
     return secrets.token_hex(8)
+
+
+def is_trace_id(value: str) -> bool:
+    """True for a valid W3C trace ID: 32 lowercase hex digits, not all zero."""
+    return bool(_TRACE_ID.fullmatch(value)) and value != _INVALID_TRACE
 
 
 def parse_traceparent(value: str | None) -> TraceParent | None:
@@ -62,6 +72,29 @@ def continue_or_start(header: str | None) -> TraceParent:
 def activate(trace: TraceParent | None) -> None:
     """Make `trace` the current one for this context (request, thread or task)."""
     _current.set(trace)
+
+
+@contextmanager
+def activated(trace: TraceParent) -> Iterator[TraceParent]:
+    """Make `trace` current for the block, then restore what was current before. For work
+    outside a request (a CLI command, a background loop): one trace per unit of work. With
+    OpenTelemetry on, its spans opened in the block (httpx calls, SQL) join `trace` too."""
+    token = _current.set(trace)
+    try:
+        if _span_scope is None:
+            yield trace
+        else:
+            with _span_scope(trace):
+                yield trace
+    finally:
+        _current.reset(token)
+
+
+def bridge(span_scope: Callable[[TraceParent], AbstractContextManager[object]] | None) -> None:
+    """Let `activated` also enter `span_scope(trace)` (web/tracing.py, OpenTelemetry); None
+    to stop."""
+    global _span_scope
+    _span_scope = span_scope
 
 
 def current() -> TraceParent | None:

@@ -143,6 +143,7 @@ DEMO_USERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("adam", "Adam Novak", ("admin",)),
     ("ada", "Ada Kim", ("admin",)),
     ("audrey", "Audrey Blake", ("auditor",)),
+    ("prom", "Prometheus", ("monitor",)),
 )
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from opsgate.core.registry import TargetKind
@@ -84,8 +85,49 @@ PAYMENT_FIELDS = frozenset(
     }
 )
 
+
+def _mirror(model: Any, fields: tuple[str, ...], *, same_version: bool = False) -> Any:
+    """Copy `fields` of the state a backend reports into the local row, when the backend's
+    version is newer (answers may arrive out of order). A Core UPDATE: the row takes the
+    backend's version as it is, instead of the ORM counting its own.
+
+    `same_version`: also copy at an equal version. Accounts need it: a balance moves without
+    a new version (so that approvals on an account do not go stale with every posting), so
+    two answers about one account cannot be ordered and the later-settled one wins until the
+    next change; the ledger service stays the system of record."""
+    table = cast(Table, model.__table__)
+
+    def mirror(session: Session, ident: str, state: Mapping[str, Any]) -> None:
+        version = state.get("version")
+        values = {name: state[name] for name in fields if name in state}
+        if not isinstance(version, int) or not values:
+            return
+        session.execute(
+            update(table)
+            .where(
+                table.c.id == ident,
+                table.c.version <= version if same_version else table.c.version < version,
+            )
+            .values(**values, version=version)
+        )
+
+    return mirror
+
+
 TARGET_KINDS = (
     TargetKind("customer", _load_customer, customer_state, CUSTOMER_FIELDS),
-    TargetKind("account", _load_account, account_state, ACCOUNT_FIELDS),
-    TargetKind("payment", _load_payment, payment_state, PAYMENT_FIELDS),
+    TargetKind(
+        "account",
+        _load_account,
+        account_state,
+        ACCOUNT_FIELDS,
+        mirror=_mirror(Account, ("status", "blocked_reason", "balance_minor"), same_version=True),
+    ),
+    TargetKind(
+        "payment",
+        _load_payment,
+        payment_state,
+        PAYMENT_FIELDS,
+        mirror=_mirror(Payment, ("status", "reversed_minor")),
+    ),
 )

@@ -8,12 +8,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from opsgate import __version__
+from opsgate.core.metrics import mark_process_dead
+from opsgate.core.webhooks import start_delivery
 from opsgate.logging import configure_logging
 from opsgate.settings import Settings, get_settings
 from opsgate.web import bench, console, problems
-from opsgate.web.api import actions, approvals, audit, controls, health, search
+from opsgate.web.api import actions, approvals, audit, controls, health, metrics, search
 from opsgate.web.middleware import RequestContextMiddleware
 from opsgate.web.services import Services
+from opsgate.web.tracing import setup as setup_tracing
 
 
 def create_app(
@@ -31,8 +34,17 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         services.record_startup()
+        # Several processes may deliver at once: claims are safe (core/webhooks.py).
+        delivery = (
+            start_delivery(services.db, services.integrations, services.clock, settings.public_url)
+            if settings.webhook_delivery
+            else None
+        )
         yield
+        if delivery is not None:
+            delivery.stop()
         services.db.dispose()
+        mark_process_dead()  # its live gauges leave PROMETHEUS_MULTIPROC_DIR
 
     app = FastAPI(
         title="opsgate",
@@ -47,8 +59,11 @@ def create_app(
     problems.install(app)
     for module in (actions, approvals, audit, controls, search, health):
         app.include_router(module.router, prefix="/api/v1")
+    app.include_router(metrics.router)  # `/metrics` for scrapers, and under /api/v1
     if settings.bench_endpoints:
         app.include_router(bench.router)
     console.install(app, settings)
     app.add_middleware(RequestContextMiddleware)
+    # OpenTelemetry only when the OTEL_ variables ask for it (web/tracing.py).
+    app.state.tracing = setup_tracing(app, services.db.engine)
     return app

@@ -23,11 +23,13 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 def origin_of(request: Request) -> Origin:
-    """Where a request came from, for the audit record (request ID set by the middleware)."""
+    """Where a request came from, for the audit record (request and trace IDs set by the
+    middleware)."""
     return Origin(
         request_id=str(request.scope["state"]["request_id"]),
         ip=request.client.host if request.client else None,
         user_agent=request.headers.get("user-agent"),
+        trace_id=request.scope["state"].get("trace_id"),
     )
 
 

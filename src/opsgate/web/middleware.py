@@ -1,4 +1,4 @@
-"""Request context: the request ID, the log context and the access log line.
+"""Request context: the request ID, the trace, the log context and the access log line.
 
 A pure ASGI middleware (no response buffering). It is the outermost opsgate layer, so it also
 turns an unhandled exception into a problem response that still carries the request ID.
@@ -15,7 +15,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from opsgate.core.errors import ProblemCode
 from opsgate.core.request_ids import accept_or_new
+from opsgate.core.tracing import activate
 from opsgate.web.problems import problem
+from opsgate.web.tracing import request_trace
 
 log = structlog.get_logger("opsgate.http")
 
@@ -28,11 +30,18 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = accept_or_new(Headers(scope=scope).get("x-request-id"))
+        headers = Headers(scope=scope)
+        request_id = accept_or_new(headers.get("x-request-id"))
+        # The caller's W3C trace continued (or a new one); the OpenTelemetry span's when on.
+        trace = request_trace(headers.get("traceparent"))
+        activate(trace)
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
+        state["trace_id"] = trace.trace_id
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        structlog.contextvars.bind_contextvars(
+            request_id=request_id, trace_id=trace.trace_id, span_id=trace.span_id
+        )
         started = time.perf_counter()
         response_started = False
         status = 500
@@ -42,7 +51,9 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                response_headers = MutableHeaders(scope=message)
+                response_headers["X-Request-ID"] = request_id
+                response_headers["traceresponse"] = trace.header()
             await send(message)
 
         try:

@@ -18,6 +18,7 @@ from opsgate.core.integrations import NO_INTEGRATIONS, Integrations, load_integr
 from opsgate.core.policy import Capability, Policy, load_policy
 from opsgate.core.registry import Registry
 from opsgate.core.request_ids import new_request_id
+from opsgate.core.tracing import new_trace_id
 from opsgate.db.engine import Database
 from opsgate.domain.catalog import build_registry
 from opsgate.settings import Settings
@@ -53,7 +54,12 @@ class Services:
 
     def record_startup(self) -> None:
         """Audit that this process started and which policy it loaded (PCI DSS 10.2.1.6)."""
-        origin = Origin(request_id=new_request_id(), ip=None, user_agent=f"opsgate/{__version__}")
+        origin = Origin(
+            request_id=new_request_id(),
+            ip=None,
+            user_agent=f"opsgate/{__version__}",
+            trace_id=new_trace_id(),
+        )
         entry = AuditEntry(
             action="system.start",
             result=AuditResult.SUCCEEDED,

@@ -1,0 +1,104 @@
+"""Every HTTP exchange of the ledger service: its log context, its access line, its signature.
+
+A pure ASGI middleware, the outermost layer. It binds `service`, the caller's `request_id`
+(X-Request-ID) and `trace_id` (traceparent) to every log line of the request, writes one
+access line, turns an unhandled exception into a problem answer, and signs every answer
+(docs/backends.md: over the response body with the request's method and path) with the
+secret that verified the request, else the current one. Answers are small JSON documents,
+so the body is buffered to sign it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from opsgate.core import signing, tracing
+from opsgate.core.request_ids import accept_or_new
+from opsgate.ledger_service.answers import LedgerProblem, problem
+
+log = structlog.get_logger("opsgate.ledger.http")
+# Set in the request's state by the route that verified its signature: the secret to sign
+# the answer with. Unset (unsigned routes, refusals): the current secret.
+ANSWER_SECRET = "answer_secret"  # noqa: S105 (a state key, not a secret)
+
+
+def signed_path(scope: Scope) -> str:
+    """The path with its query, as the client sent it (what a signature covers)."""
+    raw = scope.get("raw_path") or scope["path"].encode()
+    path = raw.decode("latin-1") if isinstance(raw, bytes) else str(raw)
+    query = scope.get("query_string", b"")
+    return f"{path}?{query.decode('latin-1')}" if query else path
+
+
+class LedgerContextMiddleware:
+    def __init__(self, app: ASGIApp, secret: str, now: Callable[[], float]) -> None:
+        self.app = app
+        self._secret = secret
+        self._now = now
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        request_id = accept_or_new(headers.get("x-request-id"))
+        trace = tracing.continue_or_start(headers.get("traceparent"))
+        tracing.activate(trace)
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            service="ledger", request_id=request_id, trace_id=trace.trace_id
+        )
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        method, path = scope["method"], signed_path(scope)
+        started = time.perf_counter()
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+        status, sent = 500, False
+
+        async def signing_send(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            body, status = b"".join(chunks), int(start["status"])
+            outgoing = MutableHeaders(scope=start)
+            outgoing["X-Request-ID"] = request_id
+            secret = state.get(ANSWER_SECRET, self._secret)
+            for name, value in signing.sign(secret, method, path, body, self._now()).items():
+                outgoing[name] = value
+            await send(start)
+            sent = True
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+
+        try:
+            await self.app(scope, receive, signing_send)
+        except Exception:
+            log.exception("unhandled_error", path=scope["path"])
+            if sent:
+                raise
+            start.clear()
+            chunks.clear()
+            detail = "The ledger failed to complete the request; quote the request ID."
+            answer = problem(500, LedgerProblem.INTERNAL_ERROR, detail, request_id)
+            await answer.response()(scope, receive, signing_send)
+        finally:
+            log.info(
+                "http_request",
+                method=method,
+                path=scope["path"],
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
