@@ -236,8 +236,15 @@ def test_one_request_id_through_console_ledger_logs_audit_and_trace(
 
         client_span, ledger_span = eventually(joined, "an opsgate client span and ledger span")
         assert "/v1/actions/payment.reverse" in json.dumps(dict(client_span.attributes))
-        spans = collector.of_trace(TRACE_ID)
-        assert any((s.service, s.kind) == ("opsgate", "SERVER") for s in spans)
+        # The server span ends after the response is sent, so it may be exported a batch later.
+        eventually(
+            lambda: [
+                s
+                for s in collector.of_trace(TRACE_ID)
+                if (s.service, s.kind) == ("opsgate", "SERVER")
+            ],
+            "opsgate's server span",
+        )
         assert client_span.trace_id == ledger_span.trace_id == TRACE_ID
 
         # (e) `opsgate trace <request ID>` shows the audit record and the backend call.
