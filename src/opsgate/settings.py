@@ -18,6 +18,9 @@ class Settings(BaseSettings):
     policy: Path = Field(default=DEMO_POLICY)
     # Remote backends and webhook subscriptions (core/integrations.py); unset: none.
     integrations: Path | None = None
+    # How often each `opsgate serve` process asks remote backends about calls whose outcome is
+    # unknown (core/reconcile.py); 0: never (run `opsgate reconcile` from cron instead).
+    reconcile_interval_seconds: int = Field(default=60, ge=0, le=3600)
     log_level: str = Field(default="INFO")
     # JSON lines for machines; `console` renders them for a human at a terminal.
     log_format: str = Field(default="json", pattern="^(json|console)$")

@@ -10,6 +10,7 @@ answer, on both databases.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -453,3 +454,33 @@ def test_a_call_abandoned_by_a_crash_is_reconciled_once_it_is_old_enough(
     assert (settled.was, settled.status) == ("pending", "succeeded")
     with db.reading() as session:
         assert session.get(Payment, payment.id).reversed_minor == 100  # type: ignore[union-attr]
+
+
+def test_the_background_loop_settles_unknown_calls(
+    remote: Services, backend: ScriptedBackend, db: Database, world: World, clock: FrozenClock
+) -> None:
+    from opsgate.core.reconcile import ReconcileLoop
+
+    payment = small_payment(db, world, at_most=10_000)
+    backend.answers.append(lambda _r: failed_answer("unknown", None))
+    with pytest.raises(BackendTimeout):
+        reverse(remote, world, payment.id, 100, "key-l", "req-l")
+    completed = executed(db)(backend.requests[0])
+    backend.lookups.append(
+        LookupAnswer(status="completed", http_status=200, response=completed.body, error=None)
+    )
+    loop = ReconcileLoop(remote.gateway, interval=0.05)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 20
+        while calls(db)[0].status == "unknown":
+            assert time.monotonic() < deadline, "the loop never settled the call"
+            time.sleep(0.05)
+    finally:
+        loop.stop()
+    assert not loop.running
+    assert calls(db)[0].status == "succeeded"
+    assert [r.result for r in records(db, "req-l") if r.action == "payment.reverse"] == [
+        "unknown",
+        "reconciled",
+    ]

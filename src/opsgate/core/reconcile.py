@@ -17,11 +17,13 @@ asking. The original `unknown` audit record is never changed: the trail keeps bo
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
@@ -35,6 +37,8 @@ from opsgate.core.gateway import Gateway
 from opsgate.core.redaction import redact, sensitive_fields
 from opsgate.core.signing import DEFAULT_TOLERANCE_SECONDS
 from opsgate.db.models import ApprovalRequest, BackendCall
+
+log = structlog.get_logger("opsgate.reconcile")
 
 # After this long without being settled, a `pending` call's process is presumed dead.
 DEFAULT_PENDING_AFTER = timedelta(minutes=5)
@@ -297,3 +301,37 @@ def _fail(approval: ApprovalRequest, status: str) -> None:
         "The backend refused it." if status == remote.REJECTED else "The backend never ran it."
     )
     approval.status_detail = "settled by reconciliation"
+
+
+class ReconcileLoop:
+    """`reconcile` every `interval` seconds on a daemon thread, for the web app (started and
+    stopped with it) when remote backends are configured. Several processes may run it at
+    once: each settlement locks its call row, and a call settled meanwhile is left alone."""
+
+    def __init__(self, gateway: Gateway, interval: float) -> None:
+        self.gateway = gateway
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="opsgate-reconcile", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                found = reconcile(self.gateway)
+            except Exception as exc:  # a bad round must not end the loop
+                log.error("reconcile_failed", exc_info=exc)
+                continue
+            settled = sum(1 for s in found if s.settled)
+            if found:
+                log.info("reconciled", settled=settled, still_unknown=len(found) - settled)

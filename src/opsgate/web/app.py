@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from opsgate import __version__
 from opsgate.core.metrics import mark_process_dead
+from opsgate.core.reconcile import ReconcileLoop
 from opsgate.core.webhooks import start_delivery
 from opsgate.logging import configure_logging
 from opsgate.settings import Settings, get_settings
@@ -40,9 +41,18 @@ def create_app(
             if settings.webhook_delivery
             else None
         )
+        # Unknown backend outcomes are settled without waiting for a cron job (and safely from
+        # several processes: core/reconcile.py).
+        reconciling = None
+        if services.integrations.backends and settings.reconcile_interval_seconds:
+            reconciling = ReconcileLoop(services.gateway, settings.reconcile_interval_seconds)
+            reconciling.start()
         yield
+        if reconciling is not None:
+            reconciling.stop()
         if delivery is not None:
             delivery.stop()
+        services.gateway.backends.close()
         services.db.dispose()
         mark_process_dead()  # its live gauges leave PROMETHEUS_MULTIPROC_DIR
 
