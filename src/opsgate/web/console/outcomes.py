@@ -165,6 +165,25 @@ _REFUSALS: dict[str, tuple[str, OutcomeKind, str]] = {
         "Nothing was changed. If it is still needed, request it again against the current state.",
     ),
     ProblemCode.NOT_FOUND: ("Not found", OutcomeKind.REFUSED, "Check the ID and try again."),
+    ProblemCode.BACKEND_REJECTED: (
+        "Refused by the backend",
+        OutcomeKind.FAILED,
+        "The service that runs this action refused it; nothing was changed there. Check the "
+        "record's current state against the reason above.",
+    ),
+    ProblemCode.BACKEND_UNAVAILABLE: (
+        "The backend is unavailable",
+        OutcomeKind.FAILED,
+        "The service that runs this action could not be reached; nothing was done. Try again "
+        "in a few minutes, or quote the request ID to engineering if it persists.",
+    ),
+    ProblemCode.BACKEND_TIMEOUT: (
+        "Outcome unknown",
+        OutcomeKind.PENDING,
+        "The service that runs this action did not answer in time: it may or may not have "
+        "done it. Do not repeat it. opsgate asks the service again within minutes and records "
+        "the answer under this request ID (audit log, result 'reconciled').",
+    ),
 }
 
 
@@ -177,6 +196,8 @@ def refused(error: OpsgateError, request_id: str) -> Outcome:
     ids = []
     if execution := error.extra.get("execution_request_id"):
         ids.append(("Execution request ID", str(execution)))
+    if call := error.extra.get("backend_call_id"):
+        ids.append(("Backend call", str(call)))
     if error.code == ProblemCode.DOMAIN_REJECTED and execution:
         title = "Approved, but the action failed"
     return Outcome(
