@@ -766,10 +766,44 @@ def webhooks_retry(event_row_id: str) -> None:
             except (NotFound, NotDead) as exc:
                 err.print(str(exc), style="red", markup=False)
                 raise typer.Exit(1) from exc
+            now = SystemClock().now()
+            record(
+                session,
+                AuditEntry(
+                    action="webhooks.retry",
+                    result=AuditResult.SUCCEEDED,
+                    target=f"outbox_event:{row.id}",
+                    parameters={"event_type": row.event_type, "subscription": row.subscription},
+                ),
+                actor=_cli_actor(),
+                origin=_cli_origin(),
+                policy_version=_policy_version(),
+                now=now,
+            )
             session.commit()
             err.print(f"{row.id} ({row.event_type} to {row.subscription}) queued again")
     finally:
         db.dispose()
+
+
+@webhooks_app.command("prune")
+def webhooks_prune(
+    older_than: Annotated[
+        str, typer.Option(help="Delete delivered events older than this (e.g. 30d)")
+    ] = "30d",
+) -> None:
+    """Delete delivered events past their retention (dead ones stay until retried or looked
+    at). The outbox is a delivery queue, not a record: the audit trail keeps what happened."""
+    from opsgate.core.webhooks import prune_delivered
+
+    db = _database()
+    try:
+        with db.writing() as session:
+            removed = prune_delivered(session, SystemClock().now() - _parse_duration(older_than))
+            session.commit()
+    finally:
+        db.dispose()
+    err.print(f"{removed} delivered event(s) pruned")
 
 
 def _audit_credential(

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from opsgate.cli import app as cli
@@ -33,7 +33,7 @@ from opsgate.core.webhooks import (
     signature,
 )
 from opsgate.db.engine import Database
-from opsgate.db.models import OutboxEvent
+from opsgate.db.models import AuditRecord, OutboxEvent
 from opsgate.settings import get_settings
 from opsgate.web.services import Services
 from tests.conftest import TestDatabase, World
@@ -431,5 +431,25 @@ def test_the_cli_lists_delivers_and_retries(
         assert "1 delivered" in again.output
         assert rows(db)[0].status == "delivered"
         assert len(receiver.received()) == 2
+        with db.reading() as session:
+            [retry_record] = session.scalars(
+                select(AuditRecord).where(AuditRecord.action == "webhooks.retry")
+            ).all()
+        assert retry_record.target == f"outbox_event:{row.id}"
+        assert retry_record.actor_id is not None and retry_record.actor_id.startswith("cli:")
+
+        # Delivered events past their retention go; younger ones stay.
+        kept = runner.invoke(cli, ["webhooks", "prune", "--older-than", "1d"])
+        assert kept.exit_code == 0, kept.output
+        assert "0 delivered event(s) pruned" in kept.output
+        assert len(rows(db)) == 1
+        with db.writing() as session:
+            session.execute(
+                update(OutboxEvent).values(delivered_at=datetime.now(UTC) - timedelta(days=31))
+            )
+            session.commit()
+        pruned = runner.invoke(cli, ["webhooks", "prune"])
+        assert "1 delivered event(s) pruned" in pruned.output
+        assert rows(db) == []
     finally:
         get_settings.cache_clear()

@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 import structlog
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from opsgate import __version__
@@ -362,6 +362,16 @@ def retry_dead(session: Session, row_id: str, now: datetime) -> OutboxEvent:
     row.next_attempt_at = now
     row.locked_until = None
     return row
+
+
+def prune_delivered(session: Session, before: datetime) -> int:
+    """Delete delivered rows delivered before `before` (not committed); return how many."""
+    result = session.execute(
+        delete(OutboxEvent).where(
+            OutboxEvent.status == S.DELIVERED, OutboxEvent.delivered_at < before
+        )
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def start_delivery(
