@@ -531,7 +531,7 @@ class Approvals:
         """Execute an approved request in its backend (core/remote.py). The status is already
         `executing` in this transaction; it commits with the call's record before the call,
         so no other executor can start it, and the answer settles it in a new transaction.
-        An unknown outcome leaves it `executing` until `opsgate reconcile` learns the answer."""
+        An unknown outcome leaves it `executing` until reconciliation learns the answer."""
         approval_id = approval.id
         execution_id = approval.execution_request_id
         request = BackendRequest(
@@ -569,7 +569,7 @@ class Approvals:
             elif answer.outcome == "unknown":
                 approval.status_detail = (
                     "The backend's answer never came; the outcome is unknown until "
-                    "`opsgate reconcile` asks it again."
+                    "reconciliation asks it again (within minutes, or `opsgate reconcile`)."
                 )
             else:
                 _set_status(approval, S.FAILED, entry.error_message)
