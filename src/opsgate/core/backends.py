@@ -37,6 +37,8 @@ from opsgate.core.tracing import outgoing_traceparent
 
 log = structlog.get_logger("opsgate.backends")
 
+# No new attempt of one call starts later than this after its first.
+DEFAULT_DEADLINE_SECONDS = 30.0
 KEY_PREFIX = "og1_"
 REPLAYED_HEADER = "Idempotent-Replayed"
 # The problem code a backend gives for a lookup of a key it never saw (docs/backends.md).
@@ -253,7 +255,7 @@ class BackendClient:
     def __init__(
         self,
         *,
-        deadline_seconds: float = 30.0,
+        deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
         backoff_cap_seconds: float = 5.0,
         max_connections: int = 10,
         sleep: Callable[[float], None] = time.sleep,

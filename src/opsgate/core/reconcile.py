@@ -32,7 +32,7 @@ from opsgate.core.actors import Actor, Origin
 from opsgate.core.approval_states import ApprovalStatus as S
 from opsgate.core.approval_states import check_transition
 from opsgate.core.audit import AuditEntry, AuditResult
-from opsgate.core.backends import LookupAnswer
+from opsgate.core.backends import DEFAULT_DEADLINE_SECONDS, LookupAnswer
 from opsgate.core.gateway import Gateway
 from opsgate.core.redaction import redact, sensitive_fields
 from opsgate.core.signing import DEFAULT_TOLERANCE_SECONDS
@@ -42,9 +42,10 @@ log = structlog.get_logger("opsgate.reconcile")
 
 # After this long without being settled, a `pending` call's process is presumed dead.
 DEFAULT_PENDING_AFTER = timedelta(minutes=5)
-# A key the backend never saw cannot run any more once this has passed since the call: the
-# backend refuses signatures older than its tolerance (plus a margin for clock skew).
-NEVER_SEEN_AFTER = timedelta(seconds=DEFAULT_TOLERANCE_SECONDS + 60)
+# A key the backend never saw cannot run any more once this has passed since the call: its
+# last attempt was signed within the client's deadline, and the backend neither accepts nor
+# commits a request signed longer ago than its tolerance (plus a minute for clock skew).
+NEVER_SEEN_AFTER = timedelta(seconds=DEFAULT_DEADLINE_SECONDS + DEFAULT_TOLERANCE_SECONDS + 60)
 
 
 @dataclass(frozen=True)
