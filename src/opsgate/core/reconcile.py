@@ -33,6 +33,7 @@ from opsgate.core.approval_states import ApprovalStatus as S
 from opsgate.core.approval_states import check_transition
 from opsgate.core.audit import AuditEntry, AuditResult
 from opsgate.core.backends import DEFAULT_DEADLINE_SECONDS, LookupAnswer
+from opsgate.core.background import BackgroundLoop
 from opsgate.core.gateway import Gateway
 from opsgate.core.redaction import redact, sensitive_fields
 from opsgate.core.signing import DEFAULT_TOLERANCE_SECONDS
@@ -304,30 +305,20 @@ def _fail(approval: ApprovalRequest, status: str) -> None:
     approval.status_detail = "settled by reconciliation"
 
 
-class ReconcileLoop:
+class ReconcileLoop(BackgroundLoop):
     """`reconcile` every `interval` seconds on a daemon thread, for the web app (started and
     stopped with it) when remote backends are configured. Several processes may run it at
     once: each settlement locks its call row, and a call settled meanwhile is left alone."""
 
+    name = "opsgate-reconcile"
+
     def __init__(self, gateway: Gateway, interval: float) -> None:
         self.gateway = gateway
         self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="opsgate-reconcile", daemon=True)
+        super().__init__()
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+    def work(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval):
             try:
                 found = reconcile(self.gateway)
             except Exception as exc:  # a bad round must not end the loop

@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session
 
 from opsgate import __version__
 from opsgate.core import tracing
+from opsgate.core.background import BackgroundLoop
 from opsgate.core.clock import Clock
 from opsgate.core.errors import NotFound
 from opsgate.core.integrations import Integrations, Webhook
@@ -305,30 +306,19 @@ class Deliverer:
         return status
 
 
-class DeliveryLoop:
+class DeliveryLoop(BackgroundLoop):
     """A deliverer on a daemon thread, for the web app: started with it, stopped with it."""
+
+    name = "opsgate-webhooks"
 
     def __init__(self, deliverer: Deliverer, interval: float = 1.0) -> None:
         self.deliverer = deliverer
         self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="opsgate-webhooks", daemon=True)
+        super().__init__()
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Ask the loop to stop after the delivery in flight, and wait up to `timeout`."""
-        self._stop.set()
-        self._thread.join(timeout)
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def _run(self) -> None:
+    def work(self, stop: threading.Event) -> None:
         try:
-            self.deliverer.run(self._stop, self.interval)
+            self.deliverer.run(stop, self.interval)
         finally:
             self.deliverer.close()
 
