@@ -15,12 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from opsgate.core import signing, tracing
-from opsgate.core.request_ids import accept_or_new
+from opsgate.core import signing
 from opsgate.ledger_service.answers import LedgerProblem, problem
+from opsgate.web.tracing import open_request
 
 log = structlog.get_logger("opsgate.ledger.http")
 # Set in the request's state by the route that verified its signature: the secret to sign
@@ -46,16 +46,8 @@ class LedgerContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        request_id = accept_or_new(headers.get("x-request-id"))
-        trace = tracing.continue_or_start(headers.get("traceparent"))
-        tracing.activate(trace)
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(
-            service="ledger", request_id=request_id, trace_id=trace.trace_id
-        )
-        state: dict[str, Any] = scope.setdefault("state", {})
-        state["request_id"] = request_id
+        request_id, _trace = open_request(scope, service="ledger")
+        state: dict[str, Any] = scope["state"]
         method, path = scope["method"], signed_path(scope)
         started = time.perf_counter()
         start: dict[str, Any] = {}

@@ -10,14 +10,12 @@ import time
 from typing import Any
 
 import structlog
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from opsgate.core.errors import ProblemCode
-from opsgate.core.request_ids import accept_or_new
-from opsgate.core.tracing import activate
 from opsgate.web.problems import problem
-from opsgate.web.tracing import request_trace
+from opsgate.web.tracing import open_request
 
 log = structlog.get_logger("opsgate.http")
 
@@ -30,18 +28,9 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        request_id = accept_or_new(headers.get("x-request-id"))
         # The caller's W3C trace continued (or a new one); the OpenTelemetry span's when on.
-        trace = request_trace(headers.get("traceparent"))
-        activate(trace)
-        state: dict[str, Any] = scope.setdefault("state", {})
-        state["request_id"] = request_id
-        state["trace_id"] = trace.trace_id
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(
-            request_id=request_id, trace_id=trace.trace_id, span_id=trace.span_id
-        )
+        request_id, trace = open_request(scope)
+        state: dict[str, Any] = scope["state"]
         started = time.perf_counter()
         response_started = False
         status = 500

@@ -18,10 +18,15 @@ import os
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from starlette.datastructures import Headers
+from starlette.types import Scope
 
 from opsgate import __version__
-from opsgate.core.tracing import TraceParent, bridge, continue_or_start
+from opsgate.core.request_ids import accept_or_new
+from opsgate.core.tracing import TraceParent, activate, bridge, continue_or_start
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -209,3 +214,22 @@ def request_trace(traceparent: str | None) -> TraceParent:
     """The trace of an incoming request: the OpenTelemetry server span's when tracing is on
     (it already continued `traceparent`), else the caller's trace continued or a new one."""
     return span_trace() or continue_or_start(traceparent)
+
+
+def open_request(scope: Scope, **context: Any) -> tuple[str, TraceParent]:
+    """Start an HTTP request's context, for any opsgate service's outermost middleware: its
+    request ID (the caller's `X-Request-ID` when well formed, else a new one) and its trace
+    (`request_trace`), made current, kept in the scope's state, and bound with `context` to
+    every log line of the request."""
+    headers = Headers(scope=scope)
+    request_id = accept_or_new(headers.get("x-request-id"))
+    trace = request_trace(headers.get("traceparent"))
+    activate(trace)
+    state: dict[str, Any] = scope.setdefault("state", {})
+    state["request_id"] = request_id
+    state["trace_id"] = trace.trace_id
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        **context, request_id=request_id, trace_id=trace.trace_id, span_id=trace.span_id
+    )
+    return request_id, trace
