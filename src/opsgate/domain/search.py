@@ -94,35 +94,52 @@ def search(session: Session, query: str, *, limit: int = 20) -> SearchResults:
     return found
 
 
+def customer_accounts(session: Session, customer_id: str) -> list[Account]:
+    """A customer's own accounts (no system accounts), oldest first."""
+    return list(
+        session.scalars(
+            select(Account)
+            .where(Account.customer_id == customer_id, Account.kind == AccountKind.CUSTOMER)
+            .order_by(Account.created_at, Account.id)
+        )
+    )
+
+
+def latest_payments(session: Session, account_ids: list[str], *, limit: int) -> list[Payment]:
+    """The newest payments of these accounts, newest first."""
+    if not account_ids:
+        return []
+    return list(
+        session.scalars(
+            select(Payment)
+            .where(Payment.account_id.in_(account_ids))
+            .order_by(Payment.posted_at.desc(), Payment.id.desc())
+            .limit(limit)
+        )
+    )
+
+
+def latest_notes(session: Session, customer_id: str, *, limit: int) -> list[Note]:
+    """A customer's newest notes, newest first."""
+    return list(
+        session.scalars(
+            select(Note)
+            .where(Note.customer_id == customer_id)
+            .order_by(Note.created_at.desc(), Note.id.desc())
+            .limit(limit)
+        )
+    )
+
+
 def customer_overview(session: Session, customer_id: str) -> dict[str, Any] | None:
     """A customer's record as an operator first sees it (phone masked), with their accounts,
     latest payments and notes; None when there is no such customer."""
     customer = session.get(Customer, customer_id)
     if customer is None:
         return None
-    accounts = list(
-        session.scalars(
-            select(Account)
-            .where(Account.customer_id == customer.id, Account.kind == AccountKind.CUSTOMER)
-            .order_by(Account.created_at, Account.id)
-        )
-    )
-    payments = list(
-        session.scalars(
-            select(Payment)
-            .where(Payment.account_id.in_([a.id for a in accounts]))
-            .order_by(Payment.posted_at.desc(), Payment.id.desc())
-            .limit(100)
-        )
-    )
-    notes = list(
-        session.scalars(
-            select(Note)
-            .where(Note.customer_id == customer.id)
-            .order_by(Note.created_at.desc(), Note.id.desc())
-            .limit(50)
-        )
-    )
+    accounts = customer_accounts(session, customer.id)
+    payments = latest_payments(session, [a.id for a in accounts], limit=100)
+    notes = latest_notes(session, customer.id, limit=50)
     return {
         "customer": _customer(customer)
         | {"kyc_status": customer.kyc_status, "created_at": customer.created_at.isoformat()},

@@ -13,12 +13,12 @@ from opsgate.core.registry import Registry, TargetRef
 from opsgate.db.models import AuditRecord
 from opsgate.domain.models import (
     Account,
-    AccountKind,
     Customer,
     Note,
     Payment,
     PaymentReversal,
 )
+from opsgate.domain.search import customer_accounts, latest_notes, latest_payments
 
 PAYMENTS_SHOWN = 50
 NOTES_SHOWN = 50
@@ -42,26 +42,9 @@ def customer_view(session: Session, customer_id: str) -> CustomerView | None:
     customer = session.get(Customer, customer_id)
     if customer is None:
         return None
-    accounts = list(
-        session.scalars(
-            select(Account)
-            .where(Account.customer_id == customer.id, Account.kind == AccountKind.CUSTOMER)
-            .order_by(Account.created_at, Account.id)
-        )
-    )
+    accounts = customer_accounts(session, customer.id)
     account_ids = [a.id for a in accounts]
-    payments = (
-        list(
-            session.scalars(
-                select(Payment)
-                .where(Payment.account_id.in_(account_ids))
-                .order_by(Payment.posted_at.desc(), Payment.id.desc())
-                .limit(PAYMENTS_SHOWN)
-            )
-        )
-        if account_ids
-        else []
-    )
+    payments = latest_payments(session, account_ids, limit=PAYMENTS_SHOWN)
     reversals: dict[str, list[PaymentReversal]] = {}
     if payments:
         for reversal in session.scalars(
@@ -70,14 +53,7 @@ def customer_view(session: Session, customer_id: str) -> CustomerView | None:
             .order_by(PaymentReversal.created_at)
         ):
             reversals.setdefault(reversal.payment_id, []).append(reversal)
-    notes = list(
-        session.scalars(
-            select(Note)
-            .where(Note.customer_id == customer.id)
-            .order_by(Note.created_at.desc(), Note.id.desc())
-            .limit(NOTES_SHOWN)
-        )
-    )
+    notes = latest_notes(session, customer.id, limit=NOTES_SHOWN)
     targets = [
         f"customer:{customer.id}",
         *(f"account:{a}" for a in account_ids),
