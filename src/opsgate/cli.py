@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from opsgate.core import audit_chain, audit_files, console_sessions, passwords, trace_report
 from opsgate.core import tokens as token_service
@@ -31,6 +32,7 @@ from opsgate.core.tracing import continue_or_start
 from opsgate.core.users import ensure_user, find_user
 from opsgate.db import migrate
 from opsgate.db.engine import Database
+from opsgate.db.models import User
 from opsgate.domain import seed as demo_seed
 from opsgate.domain.catalog import build_registry
 from opsgate.ledger_service.cli import ledger_app
@@ -88,6 +90,15 @@ def _cli_origin() -> Origin:
     return Origin(
         request_id=new_request_id(), ip=None, user_agent="opsgate-cli", trace_id=trace.trace_id
     )
+
+
+def _user_or_exit(session: Session, username: str, *, active: bool = False) -> User:
+    """The user named `username` (active, if asked), or exit 1 saying there is none."""
+    user = find_user(session, username)
+    if user is None or (active and not user.is_active):
+        err.print(f"[red]no {'active ' if active else ''}user {username}[/red]")
+        raise typer.Exit(1)
+    return user
 
 
 def _database() -> Database:
@@ -266,10 +277,7 @@ def users_set_password(
     db = _database()
     now = SystemClock().now()
     with db.writing() as session:
-        user = find_user(session, username)
-        if user is None:
-            err.print(f"[red]no user {username}[/red]")
-            raise typer.Exit(1)
+        user = _user_or_exit(session, username)
         try:
             passwords.set_password(session, user, password, now=now)
         except passwords.WeakPassword as exc:
@@ -290,10 +298,7 @@ def users_sign_out(username: str) -> None:
     db = _database()
     now = SystemClock().now()
     with db.writing() as session:
-        user = find_user(session, username)
-        if user is None:
-            err.print(f"[red]no user {username}[/red]")
-            raise typer.Exit(1)
+        user = _user_or_exit(session, username)
         ended = console_sessions.end_user_sessions(
             session, user.id, console_sessions.SessionEnd.REVOKED, now=now
         )
@@ -318,10 +323,7 @@ def tokens_create(
     db = _database()
     now = SystemClock().now()
     with db.writing() as session:
-        user = find_user(session, username)
-        if user is None or not user.is_active:
-            err.print(f"[red]no active user {username}[/red]")
-            raise typer.Exit(1)
+        user = _user_or_exit(session, username, active=True)
         token = token_service.issue_token(session, user, name=name, now=now, ttl=ttl)
         _audit_credential(session, "token.create", user.id, token.id)
         session.commit()
@@ -807,15 +809,12 @@ def webhooks_prune(
 
 
 def _audit_credential(
-    session: object,
+    session: Session,
     action: str,
     user_id: str,
     token_id: str | None,
     parameters: dict[str, object] | None = None,
 ) -> None:
-    from sqlalchemy.orm import Session
-
-    assert isinstance(session, Session)
     record(
         session,
         AuditEntry(
