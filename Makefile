@@ -64,9 +64,12 @@ fmt: $(STAMP) ## Format and auto-fix
 # The browser tests (tests/browser) need Chromium: `apt-get install -y chromium`, or
 # OPSGATE_CHROMIUM=/path/to/chromium; without it they are skipped, saying so. Their screenshots
 # land in test-output/screenshots/. Never `playwright install`: it downloads a browser.
+# Independent tests run in parallel workers; a file's tests stay on one worker, so its module
+# fixtures (servers, browsers) start once. PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 3
 .PHONY: test
 test: lint ## Lint, then the whole suite on SQLite and PostgreSQL (and in Chromium)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 .PHONY: bench
 bench: $(STAMP) ## Benchmarks (governed vs bare action path on SQLite and PostgreSQL)

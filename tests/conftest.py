@@ -83,6 +83,9 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Under pytest-xdist the controller sees every worker's reports; a worker judges nothing.
+    if hasattr(session.config, "workerinput"):
+        return
     if REQUIRE_PG and _pg_passed == 0 and session.testscollected:
         session.config.get_terminal_writer().line(
             "OPSGATE_REQUIRE_POSTGRES=1 but no PostgreSQL test passed", red=True
