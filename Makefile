@@ -71,6 +71,14 @@ PYTEST_WORKERS ?= 3
 test: lint ## Lint, then the whole suite on SQLite and PostgreSQL (and in Chromium)
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
+# Mixed traffic over 3 processes on PostgreSQL and the ledger service, servers and the ledger
+# killed at random, then the invariant checker (tests/soak). The suite runs a 30 s version.
+SOAK_SECONDS ?= 1200
+.PHONY: soak
+soak: $(STAMP) ## Soak: SOAK_SECONDS of traffic with random kills, then check every invariant
+	OPSGATE_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/pytest tests/soak -k postgresql -p no:cacheprovider -q
+	@cat test-output/soak.json
+
 .PHONY: bench
 bench: $(STAMP) ## Benchmarks (governed vs bare action path on SQLite and PostgreSQL)
 	$(BIN)/python -m bench $(BENCH_ARGS)
