@@ -276,6 +276,11 @@ def test_an_unknown_id_finds_nothing(db: Database) -> None:
     assert is_empty(find(db, "cus_" + "0" * 26))
 
 
+def test_a_nul_or_a_lone_surrogate_finds_nothing(db: Database) -> None:
+    for query in ["smith\x00", "\x00", "1415\x005550", "sm\ud800ith"]:
+        assert is_empty(find(db, query)), repr(query)
+
+
 def test_a_blank_query_finds_nothing(db: Database) -> None:
     for query in ["", "   ", "\t"]:
         assert is_empty(find(db, query))

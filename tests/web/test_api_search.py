@@ -24,6 +24,7 @@ from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord
 from opsgate.domain.models import Customer
 from opsgate.settings import DEMO_POLICY, Settings
+from opsgate.web.services import Services
 from tests.conftest import TestDatabase, World
 from tests.servers import Server, start_server
 
@@ -249,6 +250,17 @@ def test_repeated_misses_are_flagged_as_probing(
         "flag_misses": MISSES,
         "limit": LIMIT,
     }
+
+
+def test_in_monitor_mode_searches_past_the_limit_run_and_are_flagged(
+    client: TestClient, services: Services, db: Database, world: World
+) -> None:
+    services.settings = services.settings.model_copy(update={"search_limit_mode": "monitor"})
+    for _ in range(LIMIT + 2):
+        assert get(client, world, "/search", "alice", q=world.customer(11)).status_code == 200
+    flagged = [row.flags for row in search_records(db) if row.flags]
+    assert len(flagged) == 2
+    assert all(flag["search_probing"]["over_limit"] is True for flag in flagged)
 
 
 def test_parallel_searches_cannot_squeeze_past_the_limit(client: TestClient, world: World) -> None:

@@ -152,4 +152,5 @@ def keyed_hash(key: bytes, value: str) -> str:
     """HMAC-SHA256 of `value` under `key`, in hex. The audit trail can then tell "the same
     term again" without keeping the term, and, unlike a plain hash, nobody without the key
     can test guesses against it (ten billion phone numbers are a quick brute force)."""
-    return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+    # surrogatepass: a lone surrogate (possible in JSON text) still hashes, deterministically.
+    return hmac.new(key, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()

@@ -101,11 +101,18 @@ def phone_number(digits: str, *, plus: bool) -> str | None:
     return digits if 11 <= len(digits) <= 15 else None
 
 
+def _storable(text: str) -> bool:
+    return "\x00" not in text and not any("\ud800" <= char <= "\udfff" for char in text)
+
+
 def classify(query: str) -> SearchTerm | None:
     """What `query` searches for; None for a blank query."""
     q = query.strip()
     if not q:
         return None
+    if not _storable(q):
+        # No stored value holds a NUL or a lone surrogate, and PostgreSQL refuses to compare one.
+        return SearchTerm(TermKind.NAME, q, matchable=False)
     if id_match := _ID.match(q):
         return SearchTerm(TermKind.ID, f"{id_match.group(1).lower()}_{id_match.group(2).upper()}")
     if "@" in q:
