@@ -76,12 +76,8 @@ def audited_search(
     """Search for `actor`, counted against their window limit and audited (with a keyed hash
     of the term) in one transaction; raise LimitExceeded (audited) past an enforced limit."""
     rule = probing_rule(services.settings)
-    term = records.classify(query)
-    entry = AuditEntry(
-        action="records.search",
-        result=AuditResult.SUCCEEDED,
-        parameters={"term": term_record(services.settings, term)},
-    )
+    asked = {"term": term_record(services.settings, records.classify(query))}
+    entry = AuditEntry(action="records.search", result=AuditResult.SUCCEEDED, parameters=asked)
     with services.db.writing() as session:
         now = services.clock.now()
         counted = rule.mode != ControlMode.OFF
@@ -104,7 +100,7 @@ def audited_search(
             )
         found = records.search(session, query, limit=limit)
         counts = {kind: len(items) for kind, items in asdict(found).items()}
-        entry = replace(entry, parameters={**(entry.parameters or {}), "found": counts})
+        entry = replace(entry, parameters=asked | {"found": counts})
         if used is not None:
             over = used.searches >= rule.max_searches
             used = probing.record(
@@ -133,7 +129,7 @@ async def search(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
     """Customers by email (the whole address), phone (the whole number, or its last four
-    digits) name or ID, personal data masked; accounts and payments by ID."""
+    digits), name or ID, personal data masked; accounts and payments by ID."""
     found = await run_in_threadpool(audited_search, services, actor, origin, q, limit=limit)
     return {"request_id": request.scope["state"]["request_id"], "query": q, **asdict(found)}
 
