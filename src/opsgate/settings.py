@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,20 @@ class Settings(BaseSettings):
     # Deliver webhook events from a background thread of each `opsgate serve` process. Off:
     # run `opsgate webhooks deliver` instead (events are queued either way).
     webhook_delivery: bool = True
+
+    # --- personal data in record searches (docs/operations.md) ---
+    # Keys the hash (HMAC-SHA256) the audit trail keeps of each search term instead of the
+    # term. Unset: derived from the newest `secret_key`, so hashes of one term differ before
+    # and after a rotation of it; set this to keep them comparable.
+    audit_hash_key: SecretStr | None = Field(default=None, min_length=32)
+    # Record searches per person within the window, console and API together. Past it:
+    # enforce answers 429 limit_exceeded; monitor searches and flags the audit record.
+    search_limit_mode: Literal["off", "monitor", "enforce"] = "enforce"
+    search_limit_count: int = Field(default=60, ge=1, le=100_000)
+    search_limit_window_minutes: int = Field(default=10, ge=1, le=24 * 60)
+    # From this many searches that found nothing within the window, each search's audit
+    # record is flagged `search_probing`.
+    search_flag_misses: int = Field(default=20, ge=1, le=100_000)
 
     # --- the operator console (docs/console.md) ---
     # Signs session cookies and CSRF tokens; every process of one deployment needs the same.

@@ -52,16 +52,21 @@ def test_customer_overview_lists_accounts_payments_and_notes(
     assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
 
 
-def test_search_is_audited_with_what_was_asked(
+def test_search_is_audited_with_a_keyed_hash_of_what_was_asked(
     client: TestClient, world: World, db: Database
 ) -> None:
-    email = world.summary.customers[3]["email"]
+    email = str(world.summary.customers[3]["email"])
     client.get(
         "/api/v1/search", params={"q": email}, headers=world.auth("alice") | {"X-Request-ID": "s-1"}
     )
     [row] = records_for(db, "s-1")
     assert row.action == "records.search"
-    assert row.parameters == {"q": email, "found": {"customers": 1, "accounts": 0, "payments": 0}}
+    assert row.parameters is not None
+    assert row.parameters["term"]["kind"] == "email"
+    assert row.parameters["term"]["length"] == len(email)
+    assert len(row.parameters["term"]["hmac_sha256"]) == 64
+    assert row.parameters["found"] == {"customers": 1, "accounts": 0, "payments": 0}
+    assert email not in str(row.parameters)
 
 
 def test_a_replay_is_recorded_as_an_attempt(client: TestClient, world: World, db: Database) -> None:

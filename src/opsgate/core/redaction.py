@@ -5,10 +5,15 @@
 - Keys that name credentials (password, secret, token, ...) are always masked.
 - Free text is scanned: Luhn-valid card numbers (13-19 digits, spaces or dashes allowed) keep
   only their last four digits; national-ID-like values (US SSN, UK NINO) are masked.
+
+It also holds the one way a customer's name, email and phone are shown masked, used alike
+by the console's pages and the API's answers (`mask_name`, `mask_email`, `mask_phone`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from collections.abc import Iterable
 from functools import lru_cache
@@ -116,3 +121,36 @@ def redact(value: Any, sensitive: Iterable[str] = ()) -> Any:
         digits = str(abs(value))
         return f"[card ending {digits[-4:]}]" if _is_card(digits) else value
     return value
+
+
+# --- personal data as an operator sees it before an audited reveal ---------------------------
+
+PII_MASK = "•"
+
+
+def mask_name(name: str) -> str:
+    """`Mei Martinez` → `Mei M•••`: enough to greet, not enough to identify."""
+    parts = name.split()
+    if not parts:
+        return ""
+    first, rest = parts[0], parts[1:]
+    return " ".join([first, *(part[:1] + PII_MASK * 3 for part in rest)])
+
+
+def mask_email(email: str) -> str:
+    """`mei.martinez0@example.com` → `m•••@example.com`."""
+    local, sep, domain = email.partition("@")
+    return f"{local[:1]}{PII_MASK * 3}{sep}{domain}" if sep else PII_MASK * 3
+
+
+def mask_phone(phone: str) -> str:
+    """Only the last four digits."""
+    return PII_MASK * max(len(phone) - 4, 0) + phone[-4:]
+
+
+def keyed_hash(key: bytes, value: str) -> str:
+    """HMAC-SHA256 of `value` under `key`, in hex. The audit trail can then tell "the same
+    term again" without keeping the term, and, unlike a plain hash, nobody without the key
+    can test guesses against it (ten billion phone numbers are a quick brute force)."""
+    # surrogatepass: a lone surrogate (possible in JSON text) still hashes, deterministically.
+    return hmac.new(key, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()

@@ -1,18 +1,53 @@
-"""Finding records by the paths operators know: email, phone, name, or an ID."""
+"""Finding records by the paths operators know: email, phone, name, or an ID.
+
+A search must not become an oracle for the personal data it masks. Email needs the whole
+address; a phone number matches as a whole, or by exactly the last four digits every page
+already shows, never by a longer or shorter part that would extend them one digit at a time.
+Results show name, email and phone masked (core/redaction.py, as the console shows them);
+the full values come only from the audited `customer.view_pii` action.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from opsgate.core.redaction import mask_email, mask_name, mask_phone
 from opsgate.domain.models import Account, AccountKind, Customer, Note, Payment
 
 _ID = re.compile(r"^(cus|acc|pay)_([0-9a-z]{26})$", re.IGNORECASE)
 _PHONE_CHARS = re.compile(r"^[\d\s()+.-]+$")
+# The demo's customers have North American numbers: ten digits typed without a country code
+# are a whole national number, the same as +1 and those ten digits.
+DEFAULT_COUNTRY_CODE = "1"
+LAST_DIGITS = 4
+
+
+class TermKind(StrEnum):
+    """What a search term was taken for (recorded in the audit trail instead of the term)."""
+
+    ID = "id"
+    EMAIL = "email"
+    PHONE = "phone"
+    LAST4 = "last4"
+    NAME = "name"
+
+
+@dataclass(frozen=True)
+class SearchTerm:
+    """A query as it is matched: its kind and its normalised text (an ID in its canonical
+    case, an email in lower case, a phone number as E.164 digits without the plus, a name in
+    lower case with single spaces). `matchable` is False for digits that are neither a whole
+    number nor exactly the last four: such a term matches nothing."""
+
+    kind: TermKind
+    text: str
+    matchable: bool = True
 
 
 @dataclass
@@ -21,16 +56,16 @@ class SearchResults:
     accounts: list[dict[str, Any]] = field(default_factory=list)
     payments: list[dict[str, Any]] = field(default_factory=list)
 
-
-def mask_phone(phone: str) -> str:
-    return "•" * max(len(phone) - 4, 0) + phone[-4:]
+    @property
+    def total(self) -> int:
+        return len(self.customers) + len(self.accounts) + len(self.payments)
 
 
 def _customer(c: Customer) -> dict[str, Any]:
     return {
         "id": c.id,
-        "name": c.name,
-        "email": c.email,
+        "name": mask_name(c.name),
+        "email": mask_email(c.email),
         "phone": mask_phone(c.phone),
         "status": c.status,
     }
@@ -58,39 +93,69 @@ def _payment(p: Payment) -> dict[str, Any]:
     }
 
 
-def search(session: Session, query: str, *, limit: int = 20) -> SearchResults:
-    """Search by ID (exact), email (exact or prefix), phone (digits, suffix) or name (substring)."""
+def phone_number(digits: str, *, plus: bool) -> str | None:
+    """Typed digits as a whole number (E.164 digits, no plus), or None when they cannot be
+    one: ten digits without a plus are a national number of the default country."""
+    if not plus and len(digits) == 10:
+        return DEFAULT_COUNTRY_CODE + digits
+    return digits if 11 <= len(digits) <= 15 else None
+
+
+def _storable(text: str) -> bool:
+    return "\x00" not in text and not any("\ud800" <= char <= "\udfff" for char in text)
+
+
+def classify(query: str) -> SearchTerm | None:
+    """What `query` searches for; None for a blank query."""
     q = query.strip()
-    found = SearchResults()
     if not q:
+        return None
+    if not _storable(q):
+        # No stored value holds a NUL or a lone surrogate, and PostgreSQL refuses to compare one.
+        return SearchTerm(TermKind.NAME, q, matchable=False)
+    if id_match := _ID.match(q):
+        return SearchTerm(TermKind.ID, f"{id_match.group(1).lower()}_{id_match.group(2).upper()}")
+    if "@" in q:
+        return SearchTerm(TermKind.EMAIL, q.lower())
+    digits = re.sub(r"\D", "", q)
+    if _PHONE_CHARS.match(q) and len(digits) >= LAST_DIGITS:
+        if len(digits) == LAST_DIGITS and "+" not in q:
+            return SearchTerm(TermKind.LAST4, digits)
+        number = phone_number(digits, plus="+" in q)
+        return SearchTerm(TermKind.PHONE, number or digits, matchable=number is not None)
+    return SearchTerm(TermKind.NAME, " ".join(q.split()).lower())
+
+
+def search(session: Session, query: str, *, limit: int = 20) -> SearchResults:
+    """Search by ID (exact), email (the whole address, any case), phone (the whole number in
+    any format, or exactly its last four digits) or name (substring, any case). Customers'
+    personal data in the results is masked."""
+    term = classify(query)
+    found = SearchResults()
+    if term is None:
         return found
-    id_match = _ID.match(q)
-    if id_match:
-        ident = f"{id_match.group(1).lower()}_{id_match.group(2).upper()}"
-        if (c := session.get(Customer, ident)) is not None:
+    if term.kind == TermKind.ID:
+        if (c := session.get(Customer, term.text)) is not None:
             found.customers.append(_customer(c))
-        if (a := session.get(Account, ident)) is not None and a.kind == AccountKind.CUSTOMER:
+        if (a := session.get(Account, term.text)) is not None and a.kind == AccountKind.CUSTOMER:
             found.accounts.append(_account(a))
-        if (p := session.get(Payment, ident)) is not None:
+        if (p := session.get(Payment, term.text)) is not None:
             found.payments.append(_payment(p))
         return found
-    if "@" in q:
-        email = q.lower()
-        stmt = select(Customer).where(
-            or_(Customer.email == email, Customer.email.startswith(email, autoescape=True))
-        )
-    elif _PHONE_CHARS.match(q) and len(digits := re.sub(r"\D", "", q)) >= 4:
-        stmt = select(Customer).where(Customer.phone.endswith(digits, autoescape=True))
-    else:
-        # A name fragment, or the start of an email address typed without its domain.
-        stmt = select(Customer).where(
-            or_(
-                func.lower(Customer.name).contains(q.lower(), autoescape=True),
-                Customer.email.startswith(q.lower(), autoescape=True),
-            )
-        )
-    customers = session.scalars(stmt.order_by(Customer.name, Customer.id).limit(limit)).all()
-    found.customers = [_customer(c) for c in customers]
+    if not term.matchable:
+        return found  # a part of a number: matching it would extend the four digits shown
+    match term.kind:
+        case TermKind.EMAIL:
+            # Addresses are stored in lower case; an equality keeps the unique index in use.
+            where = Customer.email == term.text
+        case TermKind.PHONE:
+            where = Customer.phone == term.text
+        case TermKind.LAST4:
+            where = Customer.phone.endswith(term.text, autoescape=True)
+        case _:
+            where = func.lower(Customer.name).contains(term.text, autoescape=True)
+    stmt = select(Customer).where(where).order_by(Customer.name, Customer.id).limit(limit)
+    found.customers = [_customer(c) for c in session.scalars(stmt)]
     return found
 
 
@@ -132,8 +197,9 @@ def latest_notes(session: Session, customer_id: str, *, limit: int) -> list[Note
 
 
 def customer_overview(session: Session, customer_id: str) -> dict[str, Any] | None:
-    """A customer's record as an operator first sees it (phone masked), with their accounts,
-    latest payments and notes; None when there is no such customer."""
+    """A customer's record as an operator first sees it (name, email and phone masked as on
+    the console's page), with their accounts, latest payments and notes; None when there is
+    no such customer."""
     customer = session.get(Customer, customer_id)
     if customer is None:
         return None

@@ -25,7 +25,7 @@ def test_search_is_a_post_and_finds_by_email_phone_name_and_id(
     b = browser("alice")
     assert b.get("/console/search").status_code == 405  # nothing typed travels in a URL
     c = customer(services, world)
-    for query in (c.email, c.phone[-6:], c.name.split()[1], c.id):
+    for query in (c.email, c.phone, c.phone[-4:], c.name.split()[1], c.id):
         page = b.post("/console/search", {"q": query})
         assert page.status_code == 200, query
         assert f"/console/customers/{c.id}" in page.text, query
@@ -146,3 +146,34 @@ def test_the_customer_page_lists_accounts_payments_and_activity(
     missing = b.get("/console/customers/cus_00000000000000000000000000")
     assert missing.status_code == 404
     assert "No customer" in missing.text
+
+
+def test_console_search_shows_masked_results_and_audits_only_a_keyed_hash(
+    browser: Callable[..., Browser], services: Services, world: World
+) -> None:
+    from opsgate.core.redaction import mask_email, mask_name
+
+    c = customer(services, world, 3)
+    b = browser("alice")
+    page = b.post("/console/search", {"q": c.id})
+    assert mask_name(c.name) in page.text and mask_email(c.email) in page.text
+    assert c.name not in page.text and c.email not in page.text
+    b.post("/console/search", {"q": c.email})
+    rows = audit_rows(services, action="records.search")
+    assert [row.parameters["term"]["kind"] for row in rows if row.parameters] == ["id", "email"]
+    assert all(c.email not in str(row.parameters) for row in rows)
+
+
+def test_console_searches_count_toward_the_same_limit_as_the_api(
+    browser: Callable[..., Browser], services: Services, world: World
+) -> None:
+    services.settings = services.settings.model_copy(update={"search_limit_count": 2})
+    b = browser("alice")
+    for _ in range(2):
+        assert b.post("/console/search", {"q": "smith"}).status_code == 200
+    api = b.get("/api/v1/search", params={"q": "smith"}, headers=world.auth("alice"))
+    assert (api.status_code, api.json()["code"]) == (429, "limit_exceeded")
+    refused = b.post("/console/search", {"q": "smith"})
+    assert refused.status_code == 429
+    assert "Usage limit reached" in refused.text
+    assert len(audit_rows(services, action="records.search", result="limited")) == 2

@@ -1,4 +1,5 @@
-"""How values read on a console page: money, times, names, and masked personal data."""
+"""How values read on a console page: money, times and names. Personal data is masked by
+core/redaction.py, the one masking the API uses too."""
 
 from __future__ import annotations
 
@@ -90,28 +91,3 @@ def field_label(name: str | None) -> str:
 
 def pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
-
-
-# --- masked personal data ----------------------------------------------------------------
-
-MASK = "•"
-
-
-def mask_name(name: str) -> str:
-    """`Mei Martinez` → `Mei M•••`: enough to greet, not enough to identify."""
-    parts = name.split()
-    if not parts:
-        return ""
-    first, rest = parts[0], parts[1:]
-    return " ".join([first, *(part[:1] + MASK * 3 for part in rest)])
-
-
-def mask_email(email: str) -> str:
-    """`mei.martinez0@example.com` → `m•••@example.com`."""
-    local, sep, domain = email.partition("@")
-    return f"{local[:1]}{MASK * 3}{sep}{domain}" if sep else MASK * 3
-
-
-def mask_phone(phone: str) -> str:
-    """Only the last four digits."""
-    return MASK * max(len(phone) - 4, 0) + phone[-4:]

@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from opsgate.core import redaction
 from opsgate.core.console_sessions import SessionRules
 from opsgate.core.passwords import Throttle
 from opsgate.settings import Settings
@@ -37,9 +38,10 @@ def templates() -> Environment:
         humanize=formatting.humanize,
         field_label=formatting.field_label,
         pretty_json=formatting.pretty_json,
-        mask_name=formatting.mask_name,
-        mask_email=formatting.mask_email,
-        mask_phone=formatting.mask_phone,
+        # The API masks with the same functions: a page never hides what an answer shows.
+        mask_name=redaction.mask_name,
+        mask_email=redaction.mask_email,
+        mask_phone=redaction.mask_phone,
     )
     return env
 
