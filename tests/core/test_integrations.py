@@ -158,6 +158,33 @@ def test_a_url_that_is_not_http_is_refused(registry: Registry, url: str) -> None
     assert found == ["backends.ledger.url: Value error, must be an http:// or https:// URL"]
 
 
+@pytest.mark.parametrize(
+    "url", ['"http://ledger.internal:8100"', '"http://10.0.0.7"', '"http://127.0.0.1.nip.io"']
+)
+def test_a_backend_over_plain_http_off_loopback_is_refused_naming_the_place(
+    registry: Registry, url: str
+) -> None:
+    found = problems(backend(url=url), registry)
+    assert found == [
+        "backends.ledger.url: Value error, must be an https:// URL (plain http:// is "
+        "allowed only to a loopback address: 127.0.0.1, ::1 or localhost)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        '"https://ledger.internal:8443"',
+        '"http://127.0.0.1:8100"',
+        '"http://127.8.0.1"',
+        '"http://localhost:8100"',
+        '"http://[::1]:8100/ledger"',
+    ],
+)
+def test_a_backend_over_https_or_on_loopback_is_accepted(registry: Registry, url: str) -> None:
+    parse_integrations(backend(url=url), registry, env=ENV)
+
+
 @pytest.mark.parametrize("url", ['"http://user:pw@ledger:8100"', '"https://token@ledger"'])
 def test_a_url_with_credentials_is_refused(registry: Registry, url: str) -> None:
     found = problems(backend(url=url), registry)
