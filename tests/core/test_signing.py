@@ -361,3 +361,33 @@ def test_an_unsigned_or_stale_answer_is_refused() -> None:
     assert answer_refusal(request, 200, ANSWER, Headers({})) == "the answer is not signed"
     with pytest.raises(SignatureError, match="outside the accepted window"):
         verify_response(CURRENT, mac_of(request), 200, ANSWER, answer_to(request), now=NOW + 301)
+
+
+def test_the_worked_example_of_docs_backends_md_holds() -> None:
+    secret = "example-secret-0123456789abcdef0123"
+    body = (
+        b'{"action":"payment.reverse","actor":{"id":"usr_01","name":"olga","roles":["ops_lead"]}'
+        b',"approval_id":null,"execution_request_id":null,"payload":{"amount_minor":2500,'
+        b'"reason_code":"customer_dispute"},"reason":"Customer disputed the charge",'
+        b'"request_id":"req_5f1c2a9e0b7d4c3a8e6f10","target":"payment:pay_01"}'
+    )
+    assert len(body) == 307
+    request = sign_request(
+        secret,
+        "POST",
+        PATH,
+        body,
+        idempotency_key="og1_2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881",
+        request_id="req_5f1c2a9e0b7d4c3a8e6f10",
+        now=1764424800,
+        nonce="9c1e4b7a2d5f8e0c3b6a9d2f5e8c1b4a",
+    )
+    assert request.signature == "24c03a7428e269a4870bc230af77592a93dc18d114f52c2924aebb20364ee593"
+    answer = (
+        b'{"after":{"reversed_minor":2500},"before":{"reversed_minor":0},'
+        b'"result":{"reversal_id":"rev_01"},"state":{}}'
+    )
+    assert sign_response(secret, request.signature, 200, answer, 1764424801) == {
+        TIMESTAMP_HEADER: "1764424801",
+        SIGNATURE_HEADER: "v2=717cdf202079acb4f016a8f0152d1f4f9bae0dc66bc161f74831b0c4c92df90e",
+    }

@@ -1,9 +1,11 @@
 """The control layer's client for remote backends (docs/backends.md is the contract).
 
-`BackendClient.call` sends one action to the backend bound to it: signed, carrying a derived
-idempotency key, retried within explicit bounds, and judged by the answer table of the
-contract. Only an answer whose signature verifies settles anything; whatever might have run
-is `unknown` and is settled later through `BackendClient.lookup`, with the same key.
+`BackendClient.call` sends one action to the backend bound to it: signed (v2, each attempt
+afresh), carrying a derived idempotency key, retried within explicit bounds, and judged by
+the answer table of the contract. Only an answer bound to the very attempt it answers settles
+anything (core/signing.py): a reflected request, an answer replayed from another request and
+an unsigned one are all unknown. Whatever might have run is `unknown` and is settled later
+through `BackendClient.lookup`, with the same key and bound the same way.
 """
 
 from __future__ import annotations
