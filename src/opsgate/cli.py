@@ -26,6 +26,7 @@ from opsgate.core.audit import AuditEntry, AuditResult, record
 from opsgate.core.audit_search import AuditFilter, filtered
 from opsgate.core.clock import SystemClock, as_utc
 from opsgate.core.errors import NotFound
+from opsgate.core.integrations import IntegrationsError, load_integrations
 from opsgate.core.policy import PolicyError, load_policy
 from opsgate.core.request_ids import new_request_id
 from opsgate.core.tracing import continue_or_start
@@ -138,8 +139,11 @@ def serve(
 
     settings = get_settings()
     try:
-        load_policy(settings.policy, build_registry())
-    except PolicyError as exc:
+        registry = build_registry()
+        load_policy(settings.policy, registry)
+        # Checked here too, so a bad file (say, a plain http:// backend) is one clear message.
+        load_integrations(settings.integrations, registry)
+    except (PolicyError, IntegrationsError) as exc:
         err.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from exc
     uvicorn.run(

@@ -35,7 +35,7 @@ from opsgate.core.backends import (
 )
 from opsgate.core.errors import BackendRejected, BackendTimeout, BackendUnavailable, ProblemCode
 from opsgate.core.integrations import Backend
-from opsgate.core.signing import SignatureError, sign, verify
+from opsgate.core.signing import SignatureError, sign_response, verify_request
 from opsgate.core.tracing import parse_traceparent
 from tests.servers import free_port
 
@@ -55,13 +55,15 @@ VERIFYING = "<the secret that verified the request>"
 
 @dataclass(frozen=True)
 class Reply:
-    """One scripted answer: `signed_with` None sends it unsigned."""
+    """One scripted answer: `signed_with` None sends it unsigned; `bound_to_first` binds its
+    signature to the first request the backend saw instead of the one it answers."""
 
     status: int = 200
     body: bytes = json.dumps(RESULT).encode()
     signed_with: str | None = VERIFYING
     headers: dict[str, str] = field(default_factory=dict)
     stall: float = 0.0
+    bound_to_first: bool = False
 
 
 def problem(status: int, code: str, detail: str = "") -> Reply:
@@ -75,6 +77,10 @@ class Seen:
     headers: dict[str, str]
     body: bytes
     refused: str | None  # why the signature did not verify, or None
+
+    @property
+    def signature(self) -> str:
+        return self.headers.get("x-opsgate-signature", "").removeprefix("v2=")
 
 
 class FakeBackend:
@@ -103,18 +109,20 @@ class FakeBackend:
             path += "?" + request.url.query
         verified_with: str | None = None
         refused: str | None = "no accepted secret"
-        for candidate in self.accepted:
-            try:
-                verify([candidate], request.method, path, body, request.headers, now=time.time())
-            except SignatureError as exc:
-                refused = str(exc)
-            else:
-                verified_with, refused = candidate, None
-                break
-        self.seen.append(Seen(request.method, path, dict(request.headers), body, refused))
+        try:
+            verified = verify_request(
+                self.accepted, request.method, path, body, request.headers, now=time.time()
+            )
+        except SignatureError as exc:
+            refused = str(exc)
+        else:
+            verified_with, refused = verified.secret, None
+        seen = Seen(request.method, path, dict(request.headers), body, refused)
+        self.seen.append(seen)
         if verified_with is None:
-            # Signed with the backend's current secret: it cannot know which one we hold.
-            reply = replace(problem(401, "bad_signature"), signed_with=self.accepted[0])
+            # It cannot know whom it answers: a refusal of a request that did not verify is
+            # not signed (docs/backends.md).
+            reply = replace(problem(401, "bad_signature"), signed_with=None)
         elif request.method == "GET":
             key = path.rsplit("/", 1)[-1]
             reply = self.operations.get(key, problem(404, "operation_not_found"))
@@ -125,7 +133,16 @@ class FakeBackend:
         headers = dict(reply.headers) | {"content-type": "application/json"}
         if reply.signed_with is not None:
             signer = verified_with if reply.signed_with == VERIFYING else reply.signed_with
-            headers |= sign(signer or "", request.method, path, reply.body, now=time.time())
+            bound = self.seen[0] if reply.bound_to_first else seen
+            replayed = reply.headers.get("Idempotent-Replayed") == "true"
+            headers |= sign_response(
+                signer or "",
+                bound.signature,
+                reply.status,
+                reply.body,
+                time.time(),
+                replayed=replayed,
+            )
         return Response(reply.body, status_code=reply.status, headers=headers)
 
 
@@ -345,6 +362,35 @@ def test_the_request_is_signed_and_carries_the_headers_and_the_exact_body(
     parent = parse_traceparent(seen.headers["traceparent"])
     assert parent is not None
     assert parent.trace_id == TRACE_ID
+
+
+def test_each_attempt_is_signed_v2_with_its_own_nonce(
+    fake: FakeBackend, client: BackendClient
+) -> None:
+    run(fake, client, problem(503, "maintenance"), Reply())
+    first, second = fake.posts()
+    assert first.headers["x-opsgate-signature"].startswith("v2=")
+    assert first.headers["x-opsgate-nonce"] != second.headers["x-opsgate-nonce"]
+    assert first.signature != second.signature
+
+
+def test_an_answer_bound_to_an_earlier_attempt_is_unknown_never_success(
+    fake: FakeBackend, client: BackendClient
+) -> None:
+    answer = run(fake, client, Reply(stall=STALL_SECONDS), Reply(bound_to_first=True))
+    assert (answer.outcome, answer.attempts, answer.http_status) == (BackendOutcome.UNKNOWN, 3, 200)
+    assert answer.body is None
+    assert answer.error is not None
+    assert "answer not verified: the signature does not match this request" in answer.error
+
+
+def test_an_answer_bound_to_another_request_cannot_refuse_either(
+    fake: FakeBackend, client: BackendClient
+) -> None:
+    client.call(ledger(fake), reversal(request_id="req_other"))
+    fake.script = [replace(problem(422, "insufficient_funds"), bound_to_first=True)]
+    answer = client.call(ledger(fake), reversal())
+    assert (answer.outcome, answer.attempts) == (BackendOutcome.UNKNOWN, 3)
 
 
 def test_the_callers_own_key_is_never_forwarded(fake: FakeBackend, client: BackendClient) -> None:
@@ -724,6 +770,27 @@ def test_an_answer_outside_the_contract_is_invalid(
     answer = look(fake, client, reply)
     assert answer.status is LookupStatus.INVALID
     assert answer.outcome() is None
+
+
+def test_a_lookup_answer_bound_to_another_request_is_invalid(
+    fake: FakeBackend, client: BackendClient
+) -> None:
+    run(fake, client)
+    reply = replace(stored("completed", http_status=200, response=RESULT), bound_to_first=True)
+    answer = look(fake, client, reply)
+    assert answer.status is LookupStatus.INVALID
+    assert answer.error is not None
+    assert "does not match this request" in answer.error
+
+
+def test_a_lookup_is_signed_with_its_key_and_a_request_id(
+    fake: FakeBackend, client: BackendClient
+) -> None:
+    client.lookup(ledger(fake), KEY)
+    (seen,) = fake.seen
+    assert seen.refused is None
+    assert seen.headers["idempotency-key"] == KEY
+    assert seen.headers["x-request-id"].startswith("req_")
 
 
 def test_a_backend_that_cannot_be_reached(client: BackendClient) -> None:

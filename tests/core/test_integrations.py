@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from opsgate.cli import app
 from opsgate.core.integrations import (
     NO_INTEGRATIONS,
     IntegrationsError,
@@ -14,6 +16,7 @@ from opsgate.core.integrations import (
 )
 from opsgate.core.registry import Registry
 from opsgate.domain.catalog import build_registry
+from opsgate.settings import get_settings
 
 SECRET = "s" * 32
 ENV = {"OPSGATE_LEDGER_SECRET": SECRET, "OPSGATE_HOOK_SECRET": "h" * 40}
@@ -156,6 +159,54 @@ def test_a_short_secret_is_refused_without_showing_it(registry: Registry) -> Non
 def test_a_url_that_is_not_http_is_refused(registry: Registry, url: str) -> None:
     found = problems(backend(url=url), registry)
     assert found == ["backends.ledger.url: Value error, must be an http:// or https:// URL"]
+
+
+@pytest.mark.parametrize(
+    "url", ['"http://ledger.internal:8100"', '"http://10.0.0.7"', '"http://127.0.0.1.nip.io"']
+)
+def test_a_backend_over_plain_http_off_loopback_is_refused_naming_the_place(
+    registry: Registry, url: str
+) -> None:
+    found = problems(backend(url=url), registry)
+    assert found == [
+        "backends.ledger.url: Value error, must be an https:// URL (plain http:// is "
+        "allowed only to a loopback address: 127.0.0.1, ::1 or localhost)"
+    ]
+
+
+def test_serve_refuses_a_plain_http_backend_with_one_clear_message(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "integrations.toml"
+    path.write_text(backend(url='"http://ledger.internal:8100"'), encoding="utf-8")
+    monkeypatch.setenv("OPSGATE_INTEGRATIONS", str(path))
+    monkeypatch.setenv("OPSGATE_LEDGER_SECRET", SECRET)
+    monkeypatch.setenv("OPSGATE_DATABASE_URL", "sqlite:///:memory:")
+    monkeypatch.delenv("OPSGATE_POLICY", raising=False)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["serve", "--port", "1"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert f"integrations {path} are invalid" in text
+    assert "backends.ledger.url: Value error, must be an https:// URL" in text
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        '"https://ledger.internal:8443"',
+        '"http://127.0.0.1:8100"',
+        '"http://127.8.0.1"',
+        '"http://localhost:8100"',
+        '"http://[::1]:8100/ledger"',
+    ],
+)
+def test_a_backend_over_https_or_on_loopback_is_accepted(registry: Registry, url: str) -> None:
+    parse_integrations(backend(url=url), registry, env=ENV)
 
 
 @pytest.mark.parametrize("url", ['"http://user:pw@ledger:8100"', '"https://token@ledger"'])

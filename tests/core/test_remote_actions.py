@@ -120,10 +120,12 @@ def failed_answer(
     )
 
 
-def remote_services(services: Services, backend: ScriptedBackend) -> Services:
+def remote_services(
+    services: Services, backend: ScriptedBackend, ledger: Backend = LEDGER
+) -> Services:
     """The demo with reversals and adjustments bound to the scripted ledger."""
     bound = services
-    integrations = Integrations(backends={"ledger": LEDGER})
+    integrations = Integrations(backends={"ledger": ledger})
     gateway = Gateway(
         bound.db,
         bound.registry,

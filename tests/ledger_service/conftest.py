@@ -107,14 +107,22 @@ def signed_headers(
     body: bytes,
     *,
     key: str | None = None,
+    request_id: str = "req-ledger-1",
     secret: str = SECRET,
     at: float | None = None,
     extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
+    """Headers as opsgate signs a request (v2: the key and request ID are signed too)."""
     headers = {"Content-Type": "application/json"}
-    headers |= signing.sign(secret, method, path, body, time.time() if at is None else at)
-    if key is not None:
-        headers["Idempotency-Key"] = key
+    headers |= signing.sign_request(
+        secret,
+        method,
+        path,
+        body,
+        idempotency_key=key or "",
+        request_id=request_id,
+        now=time.time() if at is None else at,
+    ).headers
     return headers | dict(extra or {})
 
 
@@ -136,9 +144,24 @@ def get_operation(client: TestClient | httpx.Client, key: str, **kwargs: Any) ->
     return client.get(path, headers=signed_headers("GET", path, b"", **kwargs))
 
 
-def assert_signed(response: httpx.Response, method: str, path: str, secret: str = SECRET) -> None:
-    """The answer is signed with `secret` over its body and the request's method and path."""
-    signing.verify([secret], method, path, response.content, response.headers, time.time())
+def assert_signed(response: httpx.Response, secret: str = SECRET) -> None:
+    """The answer is signed with `secret`, bound to the request it answers (its signature)
+    and over its status and body."""
+    sent = response.request.headers[signing.SIGNATURE_HEADER]
+    signing.verify_response(
+        secret,
+        sent.removeprefix("v2="),
+        response.status_code,
+        response.content,
+        response.headers,
+        time.time(),
+    )
+
+
+def assert_unsigned(response: httpx.Response) -> None:
+    """A refusal of a request that did not verify: bound to nothing, so not signed."""
+    assert signing.SIGNATURE_HEADER not in response.headers
+    assert signing.TIMESTAMP_HEADER not in response.headers
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from opsgate.core.signing import SignatureError
+from opsgate.core.signing import SignatureError, sign_v1
 from opsgate.db.engine import Database
 from opsgate.domain.models import LedgerTransaction, PaymentReversal
 from opsgate.ledger_service.app import create_app
@@ -20,8 +20,10 @@ from tests.conftest import World
 from tests.domain.test_money import ledger_is_consistent
 from tests.ledger_service.conftest import (
     PREVIOUS_SECRET,
+    SECRET,
     account_balance,
     assert_signed,
+    assert_unsigned,
     call_body,
     payment_row,
     post_action,
@@ -61,7 +63,7 @@ def test_reversal_moves_money_once_and_answers_with_the_new_state(
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"] == "application/json"
     assert "Idempotent-Replayed" not in answer.headers
-    assert_signed(answer, "POST", REVERSE)
+    assert_signed(answer)
     body = answer.json()
     assert set(body) == {"result", "before", "after", "state"}
     assert body["result"]["payment_id"] == payment.id
@@ -111,6 +113,8 @@ def test_bad_missing_or_old_signatures_are_refused_and_change_nothing(
         "too old": signed_headers("POST", REVERSE, raw, key="s-3", at=time.time() - 301),
         "other path": signed_headers("POST", "/v1/actions/x", raw, key="s-4"),
         "other body": signed_headers("POST", REVERSE, raw + b" ", key="s-5"),
+        "v1": {"Content-Type": "application/json", "Idempotency-Key": "s-6"}
+        | sign_v1(SECRET, "POST", REVERSE, raw, time.time()),
     }
     reasons = {}
     for name, headers in attempts.items():
@@ -118,16 +122,39 @@ def test_bad_missing_or_old_signatures_are_refused_and_change_nothing(
         assert answer.status_code == 401, name
         assert answer.headers["content-type"] == "application/problem+json"
         assert answer.json()["code"] == "unauthenticated"
-        assert_signed(answer, "POST", REVERSE)
+        assert_unsigned(answer)
         reasons[name] = answer.json()["detail"]
 
     assert reasons["unsigned"] == "the request is not signed"
+    assert reasons["v1"] == "v1 signatures are no longer accepted; sign with v2"
     assert reasons["too old"] == "the signature timestamp is outside the accepted window"
     assert reasons["wrong secret"] == reasons["other body"] == "the signature does not match"
     assert transaction_count(ledger_db) == before
     assert payment_row(ledger_db, payment.id).reversed_minor == payment.reversed_minor
     # The keys were never claimed: a signed request may use them.
     assert post_action(ledger, body, key="s-2").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [("Idempotency-Key", "captured-2"), ("X-Request-ID", "req-someone-else")],
+    ids=["new idempotency key", "new request ID"],
+)
+def test_a_captured_request_replayed_under_another_key_or_request_id_is_refused(
+    ledger: TestClient, ledger_db: Database, world: World, header: str, value: str
+) -> None:
+    payment = reversible_payment(ledger_db)
+    raw = json.dumps(reversal(world, payment.id, 100)).encode()
+    captured = signed_headers("POST", REVERSE, raw, key="captured-1", request_id="req-captured")
+    assert ledger.post(REVERSE, content=raw, headers=captured).status_code == 200
+
+    replayed = ledger.post(REVERSE, content=raw, headers=captured | {header: value})
+
+    assert replayed.status_code == 401
+    assert replayed.json()["code"] == "unauthenticated"
+    assert reversal_count(ledger_db, payment.id) == 1
+    with ledger_db.reading() as session:
+        assert session.get(LedgerOperation, "captured-2") is None
 
 
 def test_the_previous_secret_is_accepted_during_a_rotation(
@@ -139,9 +166,9 @@ def test_the_previous_secret_is_accepted_during_a_rotation(
 
     assert answer.status_code == 200, answer.text
     # Signed with the secret the caller holds, the only one it can check.
-    assert_signed(answer, "POST", REVERSE, secret=PREVIOUS_SECRET)
+    assert_signed(answer, secret=PREVIOUS_SECRET)
     with pytest.raises(SignatureError):
-        assert_signed(answer, "POST", REVERSE)
+        assert_signed(answer)
 
 
 def test_a_missing_key_is_refused_before_anything_runs(
@@ -169,7 +196,7 @@ def test_same_key_twice_has_one_effect_and_replays_the_first_answer(
     assert first.status_code == second.status_code == 200
     assert second.headers["Idempotent-Replayed"] == "true"
     assert second.content == first.content
-    assert_signed(second, "POST", REVERSE)
+    assert_signed(second)
     assert reversal_count(ledger_db, payment.id) == 1
     assert payment_row(ledger_db, payment.id).reversed_minor == payment.reversed_minor + 100
 
@@ -275,15 +302,41 @@ def test_an_approved_execution_is_recorded_under_its_execution_request_id(
         assert txn.reference == "reversal:req-exec-1"
 
 
-def test_unknown_routes_and_health_answer_signed(ledger: TestClient) -> None:
-    missing = ledger.get("/v1/nothing")
+def test_unknown_routes_and_health_answer_unsigned(ledger: TestClient) -> None:
+    missing = ledger.get("/v1/nothing", headers=signed_headers("GET", "/v1/nothing", b""))
     health = ledger.get("/healthz")
 
     assert missing.status_code == 404
     assert missing.json()["code"] == "not_found"
-    assert_signed(missing, "GET", "/v1/nothing")
+    assert_unsigned(missing)
     assert health.json() == {"status": "ok"}
-    assert_signed(health, "GET", "/healthz")
+    assert_unsigned(health)
+
+
+def test_during_a_migration_window_a_v1_request_is_accepted_and_answered_in_v1(
+    ledger_settings: LedgerSettings, ledger_db: Database, world: World
+) -> None:
+    payment = reversible_payment(ledger_db)
+    raw = json.dumps(reversal(world, payment.id, 100)).encode()
+    legacy = {"Content-Type": "application/json", "Idempotency-Key": "legacy-1"}
+    legacy |= sign_v1(SECRET, "POST", REVERSE, raw, time.time())
+    app = create_app(
+        ledger_settings.model_copy(update={"accept_signature_v1": True}), configure_logs=False
+    )
+
+    with TestClient(app) as client:
+        answer = client.post(REVERSE, content=raw, headers=legacy)
+        current = post_action(
+            client, reversal(world, payment.id, 100, request_id="req-2"), key="v2-1"
+        )
+
+    assert answer.status_code == 200, answer.text
+    at = float(answer.headers["X-Opsgate-Timestamp"])
+    expected = sign_v1(SECRET, "POST", REVERSE, answer.content, at)
+    assert answer.headers["X-Opsgate-Signature"] == expected["X-Opsgate-Signature"]
+    # A v2 request is still answered in v2, bound to it.
+    assert current.status_code == 200
+    assert_signed(current)
 
 
 def test_a_second_effect_under_one_request_id_is_refused_by_the_ledger(

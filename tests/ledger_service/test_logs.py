@@ -24,10 +24,11 @@ def test_lines_carry_request_and_trace_ids_and_no_secret_or_body(
 ) -> None:
     payment = reversible_payment(ledger_db)
     body = reversal(world, payment.id, 100, reason="Secretive reason text")
-    headers = {"X-Request-ID": "req-from-opsgate", "traceparent": TRACEPARENT}
+    headers = {"traceparent": TRACEPARENT}
+    sent = {"key": "logged", "request_id": "req-from-opsgate", "extra": headers}
 
-    answer = post_action(ledger, body, key="logged", extra=headers)
-    replay = post_action(ledger, body, key="logged", extra=headers)
+    answer = post_action(ledger, body, **sent)
+    replay = post_action(ledger, body, **sent)
 
     assert answer.status_code == replay.status_code == 200
     assert answer.headers["X-Request-ID"] == "req-from-opsgate"

@@ -10,6 +10,7 @@ from opsgate.db.engine import Database
 from tests.conftest import World
 from tests.ledger_service.conftest import (
     assert_signed,
+    assert_unsigned,
     get_operation,
     post_action,
     reversal,
@@ -27,7 +28,7 @@ def test_a_completed_key_answers_with_the_stored_answer(
 
     assert answer.status_code == 200
     assert answer.json() == {"status": "completed", "http_status": 200, "response": first.json()}
-    assert_signed(answer, "GET", "/v1/operations/op-1")
+    assert_signed(answer)
 
 
 def test_a_refusal_is_completed_too(ledger: TestClient, ledger_db: Database, world: World) -> None:
@@ -44,7 +45,7 @@ def test_an_unknown_key_is_404(ledger: TestClient) -> None:
 
     assert answer.status_code == 404
     assert answer.json()["code"] == "operation_not_found"
-    assert_signed(answer, "GET", "/v1/operations/never-seen")
+    assert_signed(answer)
 
 
 def test_the_lookup_needs_a_signature(
@@ -58,3 +59,5 @@ def test_the_lookup_needs_a_signature(
 
     assert unsigned.status_code == stale.status_code == 401
     assert "response" not in unsigned.json()
+    assert_unsigned(unsigned)
+    assert_unsigned(stale)

@@ -1,9 +1,11 @@
 """The control layer's client for remote backends (docs/backends.md is the contract).
 
-`BackendClient.call` sends one action to the backend bound to it: signed, carrying a derived
-idempotency key, retried within explicit bounds, and judged by the answer table of the
-contract. Only an answer whose signature verifies settles anything; whatever might have run
-is `unknown` and is settled later through `BackendClient.lookup`, with the same key.
+`BackendClient.call` sends one action to the backend bound to it: signed (v2, each attempt
+afresh), carrying a derived idempotency key, retried within explicit bounds, and judged by
+the answer table of the contract. Only an answer bound to the very attempt it answers settles
+anything (core/signing.py): a reflected request, an answer replayed from another request and
+an unsigned one are all unknown. Whatever might have run is `unknown` and is settled later
+through `BackendClient.lookup`, with the same key and bound the same way.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from opsgate.core.errors import (
     ProblemCode,
 )
 from opsgate.core.integrations import Backend
+from opsgate.core.request_ids import new_request_id
 from opsgate.core.tracing import outgoing_traceparent
 
 log = structlog.get_logger("opsgate.backends")
@@ -40,7 +43,7 @@ log = structlog.get_logger("opsgate.backends")
 # No new attempt of one call starts later than this after its first.
 DEFAULT_DEADLINE_SECONDS = 30.0
 KEY_PREFIX = "og1_"
-REPLAYED_HEADER = "Idempotent-Replayed"
+REPLAYED_HEADER = signing.REPLAYED_HEADER
 # The problem code a backend gives for a lookup of a key it never saw (docs/backends.md).
 OPERATION_NOT_FOUND = "operation_not_found"
 MAX_ANSWER_BYTES = 1 << 20
@@ -326,14 +329,22 @@ class BackendClient:
                 self._sleep(pause)
             attempt += 1
             began = self._clock()
+            # Each attempt is signed afresh (a new nonce): its answer verifies only for it.
+            signed = signing.sign_request(
+                backend.secret,
+                "POST",
+                path,
+                body,
+                idempotency_key=request.idempotency_key,
+                request_id=request.request_id,
+                now=began,
+            )
             headers = {
                 "Content-Type": "application/json",
                 "Accept": "application/json",
-                "X-Request-ID": request.request_id,
                 "traceparent": outgoing_traceparent(request.trace_id),
-                "Idempotency-Key": request.idempotency_key,
-            } | signing.sign(backend.secret, "POST", path, body, now=began)
-            result = self._attempt(client, backend, "POST", url, path, body, headers, deadline)
+            } | signed.headers
+            result = self._attempt(client, backend, url, body, signed, headers, deadline)
             maybe_ran = maybe_ran or result.outcome is BackendOutcome.UNKNOWN
             succeeded = result.outcome is BackendOutcome.SUCCEEDED
             (log.info if succeeded else log.warning)(
@@ -367,17 +378,16 @@ class BackendClient:
         self,
         client: httpx.Client,
         backend: Backend,
-        method: str,
         url: str,
-        path: str,
         body: bytes,
+        signed: signing.SignedRequest,
         headers: dict[str, str],
         deadline: float,
     ) -> _Attempt:
         remaining = max(deadline - self._clock(), 0.001)
         read = min(backend.timeout, remaining)
         timeout = httpx.Timeout(read, connect=min(backend.connect_timeout, remaining))
-        sent = client.build_request(method, url, content=body, headers=headers, timeout=timeout)
+        sent = client.build_request("POST", url, content=body, headers=headers, timeout=timeout)
         try:
             response, content = _exchange(client, sent, self._clock, deadline)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
@@ -394,7 +404,9 @@ class BackendClient:
             return _Attempt(BackendOutcome.UNKNOWN, True, error=str(exc))
         status = response.status_code
         try:
-            signing.verify([backend.secret], method, path, content, response.headers, self._clock())
+            signing.verify_response(
+                backend.secret, signed.signature, status, content, response.headers, self._clock()
+            )
         except signing.SignatureError as exc:
             hint = ": the backend refused our signature" if status == 401 else ""
             return _Attempt(
@@ -424,12 +436,21 @@ class BackendClient:
         client = self._client(backend)
         url = f"{backend.url}/v1/operations/{idempotency_key}"
         path = httpx.URL(url).raw_path.decode("ascii")
+        # Bound like a call: the answer must verify against this very lookup, so an answer
+        # given to an earlier lookup (say, "never seen" before the call ran) is refused.
+        signed = signing.sign_request(
+            backend.secret,
+            "GET",
+            path,
+            b"",
+            idempotency_key=idempotency_key,
+            request_id=request_id or new_request_id(),
+            now=self._clock(),
+        )
         headers = {
             "Accept": "application/json",
             "traceparent": outgoing_traceparent(),
-        } | signing.sign(backend.secret, "GET", path, b"", now=self._clock())
-        if request_id:
-            headers["X-Request-ID"] = request_id
+        } | signed.headers
         deadline = self._clock() + backend.connect_timeout + backend.timeout
         try:
             response, content = _exchange(
@@ -442,18 +463,24 @@ class BackendClient:
         except _Unreadable as exc:
             answer = LookupAnswer(LookupStatus.UNREACHABLE, error=str(exc))
         else:
-            answer = self._judge_lookup(backend, path, response, content)
+            answer = self._judge_lookup(backend, signed, response, content)
         log.info(
             "backend_lookup", backend=backend.name, status=answer.status.value, error=answer.error
         )
         return answer
 
     def _judge_lookup(
-        self, backend: Backend, path: str, response: httpx.Response, content: bytes
+        self,
+        backend: Backend,
+        signed: signing.SignedRequest,
+        response: httpx.Response,
+        content: bytes,
     ) -> LookupAnswer:
         status = response.status_code
         try:
-            signing.verify([backend.secret], "GET", path, content, response.headers, self._clock())
+            signing.verify_response(
+                backend.secret, signed.signature, status, content, response.headers, self._clock()
+            )
         except signing.SignatureError as exc:
             return LookupAnswer(LookupStatus.INVALID, error=f"HTTP {status}, not verified: {exc}")
         body = _json_object(content) or {}

@@ -19,11 +19,13 @@ and nothing is notified), validated at start-up like the policy, naming every mi
     secret_env = "OPSGATE_WEBHOOK_RISK_SECRET"
 
 Secrets never appear in the file: it names the environment variables that hold them, and
-start-up fails when one is unset or too short.
+start-up fails when one is unset or too short. A backend's URL must be `https://` unless its
+host is a loopback address (127.0.0.0/8, ::1, localhost).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from opsgate.core.registry import Registry
@@ -56,6 +59,27 @@ def _http_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _backend_url(value: str) -> str:
+    """A backend carries money movements and their answers: TLS, unless it is on this
+    machine (the signature protects integrity, not the payload's confidentiality)."""
+    url = _http_url(value)
+    if url.startswith("http://") and not _is_loopback(httpx.URL(url).host):
+        raise ValueError(
+            "must be an https:// URL (plain http:// is allowed only to a loopback address: "
+            "127.0.0.1, ::1 or localhost)"
+        )
+    return url
+
+
 class BackendDocument(_Strict):
     url: str
     actions: list[str] = Field(min_length=1)
@@ -65,7 +89,7 @@ class BackendDocument(_Strict):
     max_attempts: int = Field(default=3, ge=1, le=10)
     backoff_seconds: float = Field(default=0.2, ge=0, le=30)
 
-    _url = field_validator("url")(_http_url)
+    _url = field_validator("url")(_backend_url)
 
 
 class WebhookDocument(_Strict):

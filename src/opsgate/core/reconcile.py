@@ -2,7 +2,9 @@
 
 A call is `unknown` when its answer never came (a timeout, a malformed answer) and stays
 `pending` when the calling process died before settling it. `reconcile` asks the backend about
-each one with the same idempotency key (`GET /v1/operations/{key}`, docs/backends.md):
+each one with the same idempotency key (`GET /v1/operations/{key}`, docs/backends.md), and
+believes only an answer bound to that very lookup (core/backends.py): a "never seen" replayed
+from an earlier lookup cannot settle a call that has since run.
 
 - the backend completed it: the call is settled as the backend says (a success mirrors the
   new state), an approval still `executing` is finished, and a `reconciled` audit record,

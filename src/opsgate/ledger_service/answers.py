@@ -13,11 +13,13 @@ from typing import Any
 
 from starlette.responses import Response
 
+from opsgate.core import signing
 from opsgate.core.canonical import canonical_json
 from opsgate.core.errors import problem_body
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-REPLAYED_HEADER = "Idempotent-Replayed"
+# Part of what the answer's signature covers (core/signing.py): one name on both sides.
+REPLAYED_HEADER = signing.REPLAYED_HEADER
 
 
 class LedgerProblem(StrEnum):

@@ -4,7 +4,9 @@
     GET  /v1/operations/{key}       what became of an idempotency key (for `opsgate reconcile`)
     GET  /healthz                   liveness
 
-Both `/v1` routes take signed requests only (core/signing.py); every answer is signed.
+Both `/v1` routes take signed requests only (core/signing.py, v2; v1 too while
+`OPSGATE_LEDGER_ACCEPT_SIGNATURE_V1` is set); every answer to a request that verified is
+signed, bound to that request. Refusals of a request that did not verify are not signed.
 """
 
 from __future__ import annotations
@@ -30,7 +32,11 @@ from opsgate.db.engine import Database
 from opsgate.ledger_service.answers import Answer, LedgerProblem, problem
 from opsgate.ledger_service.catalog import ACTIONS
 from opsgate.ledger_service.envelope import ActionCall
-from opsgate.ledger_service.middleware import ANSWER_SECRET, LedgerContextMiddleware, signed_path
+from opsgate.ledger_service.middleware import (
+    VERIFIED_REQUEST,
+    LedgerContextMiddleware,
+    signed_path,
+)
 from opsgate.ledger_service.operations import Call, Ledger
 from opsgate.ledger_service.settings import LedgerSettings
 from opsgate.logging import configure_logging
@@ -71,28 +77,25 @@ def create_app(
         return clock.now().timestamp()
 
     async def verified(request: Request) -> tuple[bytes, float] | Answer:
-        """The request's body and signing time, or the 401 answer refusing it (every secret
-        gives the same reasons for a missing, malformed or stale signature)."""
+        """The request's body and signing time, or the 401 answer refusing it. The request's
+        Idempotency-Key and X-Request-ID are part of what its (v2) signature covers."""
         body = await request.body()
-        refusal = signing.SignatureError("the request is not signed")
-        for secret in secrets:
-            try:
-                signing.verify(
-                    [secret],
-                    request.method,
-                    signed_path(request.scope),
-                    body,
-                    request.headers,
-                    now(),
-                )
-            except signing.SignatureError as exc:
-                refusal = exc
-                continue
-            # The answer is signed with the secret that verified the request: during a
-            # rotation, that is the one the caller holds (docs/backends.md).
-            request.scope["state"][ANSWER_SECRET] = secret
-            return body, float(request.headers[signing.TIMESTAMP_HEADER])
-        return problem(401, LedgerProblem.UNAUTHENTICATED, str(refusal), _request_id(request))
+        try:
+            checked = signing.verify_request(
+                secrets,
+                request.method,
+                signed_path(request.scope),
+                body,
+                request.headers,
+                now(),
+                accept_v1=settings.accept_signature_v1,
+            )
+        except signing.SignatureError as exc:
+            return problem(401, LedgerProblem.UNAUTHENTICATED, str(exc), _request_id(request))
+        # The answer is signed with the secret that verified the request (during a rotation,
+        # the one the caller holds), in its version, bound to its signature (middleware.py).
+        request.scope["state"][VERIFIED_REQUEST] = checked
+        return body, float(checked.timestamp)
 
     @app.post("/v1/actions/{action}")
     async def run_action(action: str, request: Request) -> Response:
@@ -127,7 +130,7 @@ def create_app(
         return answer.response()
 
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_middleware(LedgerContextMiddleware, secret=settings.secret.get_secret_value(), now=now)
+    app.add_middleware(LedgerContextMiddleware, now=now)
     # OpenTelemetry only when the OTEL_ variables ask for it (web/tracing.py), as in opsgate.
     app.state.tracing = setup_tracing(app, db.engine)
     return app

@@ -2,16 +2,21 @@
 
 A pure ASGI middleware, the outermost layer. It binds `service`, the caller's `request_id`
 (X-Request-ID) and `trace_id` (traceparent) to every log line of the request, writes one
-access line, turns an unhandled exception into a problem answer, and signs every answer
-(docs/backends.md: over the response body with the request's method and path) with the
-secret that verified the request, else the current one. Answers are small JSON documents,
-so the body is buffered to sign it.
+access line, turns an unhandled exception into a problem answer, and signs the answer to
+every request whose signature verified (docs/backends.md): v2, bound to that request's own
+signature, over the status, the Idempotent-Replayed marker and the body, with the secret
+that verified it; v1 (unbound) only for a v1 request accepted during a migration window.
+
+The answer to a request that did not verify (a 401, an unknown route, the health check) is
+not signed: the service cannot know whom it answers, and an answer it signed bound to a
+signature it could not check could be passed off as the answer to a genuine request. Answers
+are small JSON documents, so the body is buffered to sign it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
@@ -23,9 +28,9 @@ from opsgate.ledger_service.answers import LedgerProblem, problem
 from opsgate.web.tracing import open_request
 
 log = structlog.get_logger("opsgate.ledger.http")
-# Set in the request's state by the route that verified its signature: the secret to sign
-# the answer with. Unset (unsigned routes, refusals): the current secret.
-ANSWER_SECRET = "answer_secret"  # noqa: S105 (a state key, not a secret)
+# Set in the request's state by the route that verified its signature: the
+# `signing.VerifiedRequest` its answer is signed for. Unset: the answer goes unsigned.
+VERIFIED_REQUEST = "verified_request"
 
 
 def signed_path(scope: Scope) -> str:
@@ -37,9 +42,8 @@ def signed_path(scope: Scope) -> str:
 
 
 class LedgerContextMiddleware:
-    def __init__(self, app: ASGIApp, secret: str, now: Callable[[], float]) -> None:
+    def __init__(self, app: ASGIApp, now: Callable[[], float]) -> None:
         self.app = app
-        self._secret = secret
         self._now = now
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -68,9 +72,10 @@ class LedgerContextMiddleware:
             body, status = b"".join(chunks), int(start["status"])
             outgoing = MutableHeaders(scope=start)
             outgoing["X-Request-ID"] = request_id
-            secret = state.get(ANSWER_SECRET, self._secret)
-            for name, value in signing.sign(secret, method, path, body, self._now()).items():
-                outgoing[name] = value
+            verified = state.get(VERIFIED_REQUEST)
+            if isinstance(verified, signing.VerifiedRequest):
+                for name, value in self._signature(verified, method, path, status, body, outgoing):
+                    outgoing[name] = value
             await send(start)
             sent = True
             await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -94,3 +99,20 @@ class LedgerContextMiddleware:
                 status=status,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )
+
+    def _signature(
+        self,
+        verified: signing.VerifiedRequest,
+        method: str,
+        path: str,
+        status: int,
+        body: bytes,
+        outgoing: MutableHeaders,
+    ) -> Iterable[tuple[str, str]]:
+        if verified.version is signing.SignatureVersion.V1:
+            return signing.sign_v1(verified.secret, method, path, body, self._now()).items()
+        replayed = outgoing.get(signing.REPLAYED_HEADER, "").lower() == "true"
+        headers = signing.sign_response(
+            verified.secret, verified.signature, status, body, self._now(), replayed=replayed
+        )
+        return headers.items()

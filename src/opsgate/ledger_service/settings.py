@@ -27,6 +27,10 @@ class LedgerSettings(LedgerDatabaseSettings):
     # The secret before the last rotation: requests it signed are still accepted.
     secret_previous: SecretStr | None = Field(default=None, min_length=MIN_SECRET_LENGTH)
 
+    # Accept legacy v1 signatures (unbound, docs/backends.md) too, for a migration window
+    # only: off, a request must be signed v2. A v1 request is answered in v1.
+    accept_signature_v1: bool = Field(default=False)
+
     def verifying_secrets(self) -> tuple[str, ...]:
         """The secrets a request may be signed with: the current one first."""
         previous = self.secret_previous
