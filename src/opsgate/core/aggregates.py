@@ -30,7 +30,7 @@ from opsgate.core.approval_states import ApprovalStatus
 from opsgate.core.conditions import Aggregate, Measure, Scope
 from opsgate.core.durations import parse_duration
 from opsgate.core.ids import new_id
-from opsgate.core.policy import Policy
+from opsgate.core.policy import ControlMode, Policy
 from opsgate.core.registry import TargetKind
 from opsgate.db.models import ApprovalRequest, UsageEvent
 
@@ -89,7 +89,10 @@ def measure(session: Session, policy: Policy, use: Use, now: datetime) -> dict[s
     wanted = policy.aggregates_for(use.action)
     if not wanted:
         return {}
-    _serialise(session, use, {aggregate.scope for aggregate in wanted})
+    scopes = {aggregate.scope for aggregate in wanted}
+    if any(rule.mode != ControlMode.OFF for rule in policy.limits_for(use.action)):
+        scopes.add(Scope.ACTOR)  # limits.check takes it next: keep the one order of locks
+    _serialise(session, use, scopes)
     return {aggregate.key: _figure(session, use, aggregate, now) for aggregate in wanted}
 
 

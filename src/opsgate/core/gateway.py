@@ -359,20 +359,16 @@ class Gateway:
                 payload=params,
                 money_moving=spec.risk == RiskClass.MONEY_MOVING,
             )
+            # Cumulative figures (this target's, actor's, customer's requests, pending ones
+            # included), taken under the locks that keep them, and the flags, true until commit.
+            cumulative = aggregates.measure(session, self.policy, use, now)
             if spec.risk == RiskClass.MONEY_MOVING:
                 flags = near_duplicates.flags(session, use, params, now)
                 if flags:
                     base = replace(base, flags=flags)
             companions = self._limits(session, spec, base, actor, origin, params, now)
             ctx = self.context(session, actor, spec.name, origin.request_id, envelope.reason, now)
-            # Cumulative figures (this target's, actor's, customer's requests, pending ones
-            # included), computed under the locks that keep them true until commit.
-            facts = Facts(
-                payload=params,
-                target=kind.snapshot(obj),
-                cumulative=aggregates.measure(session, self.policy, use, now),
-                target_kind=target.kind,
-            )
+            facts = Facts(params, kind.snapshot(obj), cumulative, target_kind=target.kind)
             requirement = self.policy.approval_for(spec.name, facts)
             if requirement is not None and requirement.mode == ControlMode.ENFORCE:
                 try:
