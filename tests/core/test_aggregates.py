@@ -9,9 +9,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from opsgate.core.actors import Actor, Origin
+from opsgate.core.approval_states import ApprovalStatus
 from opsgate.core.approvals import Decision
 from opsgate.db.engine import Database
 from opsgate.db.models import ApprovalRequest
@@ -246,6 +247,28 @@ def test_an_approved_and_executed_request_keeps_counting(
     )
     assert done.status == "succeeded"
     assert reverse(gated, world, payment.id, 6_000, "exec-2").status == "pending_approval"
+
+
+STILL_COUNTING = {"pending", "approved", "executing", "succeeded"}
+
+
+@pytest.mark.parametrize("status", [s.value for s in ApprovalStatus])
+def test_a_held_use_counts_exactly_while_its_request_may_execute_or_has(
+    services: Services, db: Database, world: World, status: str
+) -> None:
+    gated = with_reversal_tiers(services, GOODWILL_ALWAYS_HELD)
+    [payment] = payments_of_different_customers(db, 1, at_least=12_000)
+    first = reverse(gated, world, payment.id, 6_000, "st-1", reason_code="goodwill")
+    with db.writing() as session:  # each status as the state machine would leave it
+        session.execute(
+            update(ApprovalRequest)
+            .where(ApprovalRequest.id == first.approval_id)
+            .values(status=status)
+        )
+        session.commit()
+    second = reverse(gated, world, payment.id, 6_000, "st-2")
+    expected = "pending_approval" if status in STILL_COUNTING else "succeeded"
+    assert second.status == expected
 
 
 # --- concurrency: the figures are serialised per target, actor and customer ----------------
