@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from opsgate.core.conditions import Condition, Op
 from opsgate.core.policy import Capability, Policy, PolicyError, load_policy, parse_policy
 from opsgate.domain.catalog import build_registry
 from opsgate.settings import DEMO_POLICY
@@ -428,3 +429,110 @@ def test_a_role_added_to_an_allow_list_takes_effect() -> None:
     changed = parse_policy(render(doc), REGISTRY)
     assert changed.may_start(frozenset({"support_agent"}), "account.unblock")
     assert not demo_policy().may_start(frozenset({"support_agent"}), "account.unblock")
+
+
+# --- cumulative conditions -------------------------------------------------------------------
+
+
+def _first_reversal_condition(doc: Doc) -> Doc:
+    condition: Doc = doc["actions"]["payment.reverse"]["approval"]["tiers"][0]["when"][0]
+    return condition
+
+
+def _cumulative_without_window(doc: Doc) -> None:
+    del _first_reversal_condition(doc)["window"]
+
+
+def _window_on_a_payload_field(doc: Doc) -> None:
+    _first_reversal_condition(doc).update(field="payload.amount_minor", window="24h")
+
+
+def _window_that_is_no_duration(doc: Doc) -> None:
+    _first_reversal_condition(doc)["window"] = "a day"
+
+
+def _unknown_cumulative_scope(doc: Doc) -> None:
+    _first_reversal_condition(doc)["field"] = "cumulative.team.amount"
+
+
+def _abs_on_a_cumulative_amount(doc: Doc) -> None:
+    _first_reversal_condition(doc)["abs"] = True
+
+
+def _cumulative_amount_without_an_amount_field(doc: Doc) -> None:
+    doc["actions"]["account.unblock"]["approval"]["tiers"] = [
+        {
+            "when": [{"field": "cumulative.target.amount", "window": "1h", "op": "gt", "value": 1}],
+            "quorum": 1,
+        }
+    ]
+
+
+def _cumulative_customer_of_a_kind_without_customers(doc: Doc) -> None:
+    doc["actions"]["admin.assign_role"]["approval"]["tiers"] = [
+        {
+            "when": [
+                {"field": "cumulative.customer.count", "window": "1h", "op": "gt", "value": 1}
+            ],
+            "quorum": 1,
+        }
+    ]
+
+
+REVERSAL_TIER = "actions.payment.reverse.approval.tiers.0.when.0"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (_cumulative_without_window, f"{REVERSAL_TIER}: Value error, cumulative.target.amount "),
+        (_window_on_a_payload_field, f"{REVERSAL_TIER}: Value error, window applies only to"),
+        (_window_that_is_no_duration, f"{REVERSAL_TIER}.window: Value error, 'a day' is not"),
+        (_unknown_cumulative_scope, f"{REVERSAL_TIER}.field: String should match pattern"),
+        (_abs_on_a_cumulative_amount, f"{REVERSAL_TIER}: Value error, cumulative.target.amount "),
+        (
+            _cumulative_amount_without_an_amount_field,
+            "actions.account.unblock.approval.tiers.0.when.0: cumulative amounts add up the "
+            "payload field 'amount_minor', which account.unblock does not have",
+        ),
+        (
+            _cumulative_customer_of_a_kind_without_customers,
+            "actions.admin.assign_role.approval.tiers.0.when.0: user targets do not say which "
+            "customer they belong to",
+        ),
+    ],
+)
+def test_each_cumulative_mistake_is_refused_with_its_place(
+    mutate: Callable[[Doc], None], expected: str
+) -> None:
+    doc = demo()
+    mutate(doc)
+    problems = problems_of(doc)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(expected), problems
+
+
+def test_the_demo_policy_judges_money_movement_on_cumulative_figures() -> None:
+    keys = {a.key for a in demo_policy().aggregates_for("payment.reverse")}
+    assert keys == {"target.amount@30d", "customer.amount@24h", "actor.amount@24h"}
+    assert {a.key for a in demo_policy().aggregates_for("account.adjust_balance")} == {
+        "target.amount@24h",
+        "customer.amount@24h",
+    }
+
+
+def test_a_windows_change_changes_the_version() -> None:
+    doc = demo()
+    _first_reversal_condition(doc)["window"] = "7d"
+    assert parse_policy(render(doc), REGISTRY).version != demo_policy().version
+
+
+def test_a_condition_without_a_window_keeps_its_canonical_form() -> None:
+    # So the versions of policies written before windows existed do not change.
+    condition = Condition(field="payload.amount_minor", op=Op.GT, value=1)
+    assert condition.model_dump(mode="json") == {
+        "field": "payload.amount_minor",
+        "op": "gt",
+        "value": 1,
+        "abs": False,
+    }

@@ -23,12 +23,13 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session
 
-from opsgate.core import limits, metrics, near_duplicates, outbox, remote
+from opsgate.core import aggregates, limits, metrics, near_duplicates, outbox, remote
 from opsgate.core.actors import Actor, Origin
 from opsgate.core.approval_requests import open_request
 from opsgate.core.audit import AuditEntry, AuditResult, record
 from opsgate.core.backends import BackendClient, BackendRequest, derive_key
 from opsgate.core.clock import Clock
+from opsgate.core.conditions import Facts
 from opsgate.core.errors import (
     BackendRejected,
     DomainError,
@@ -347,13 +348,28 @@ class Gateway:
                     actor,
                     origin,
                 )
+            use = aggregates.use_of(
+                session,
+                self.policy,
+                kind,
+                obj,
+                action=spec.name,
+                actor_id=actor.id,
+                target=str(target),
+                payload=params,
+                money_moving=spec.risk == RiskClass.MONEY_MOVING,
+            )
+            # Cumulative figures (this target's, actor's, customer's requests, pending ones
+            # included), taken under the locks that keep them, and the flags, true until commit.
+            cumulative = aggregates.measure(session, self.policy, use, now)
             if spec.risk == RiskClass.MONEY_MOVING:
-                duplicates = near_duplicates.find(session, spec.name, str(target), params, now)
-                if duplicates:
-                    base = replace(base, flags={"near_duplicates": duplicates})
+                flags = near_duplicates.flags(session, use, params, now)
+                if flags:
+                    base = replace(base, flags=flags)
             companions = self._limits(session, spec, base, actor, origin, params, now)
             ctx = self.context(session, actor, spec.name, origin.request_id, envelope.reason, now)
-            requirement = self.policy.approval_for(spec.name, params, kind.snapshot(obj))
+            facts = Facts(params, kind.snapshot(obj), cumulative, target_kind=target.kind)
+            requirement = self.policy.approval_for(spec.name, facts)
             if requirement is not None and requirement.mode == ControlMode.ENFORCE:
                 try:
                     approval = open_request(
@@ -386,7 +402,7 @@ class Gateway:
                     origin,
                     claim,
                     now,
-                    params,
+                    use,
                     lambda audit_id: ActionResult(
                         status="pending_approval",
                         request_id=origin.request_id,
@@ -406,7 +422,7 @@ class Gateway:
             if backend is not None:
                 return self._execute_remote(
                     session, backend, spec, envelope, target, params, base, companions, actor,
-                    origin, claim, now,
+                    origin, claim, now, use,
                 )  # fmt: skip
             try:
                 execution = self.run_handler(ctx, spec, obj, payload)
@@ -425,7 +441,7 @@ class Gateway:
                 origin,
                 claim,
                 now,
-                params,
+                use,
                 lambda audit_id: ActionResult(
                     status="succeeded",
                     request_id=origin.request_id,
@@ -443,7 +459,7 @@ class Gateway:
         origin: Origin,
         claim: KeyClaim | None,
         now: datetime,
-        params: Mapping[str, Any],
+        use: aggregates.Use,
         result_for: Callable[[str], ActionResult],
     ) -> ActionResult:
         """Finish an accepted request in its transaction: its audit record and companions,
@@ -451,9 +467,7 @@ class Gateway:
         row = self.write_audit(session, entry, actor, origin, now)
         for companion in companions:
             self.write_audit(session, companion, actor, origin, now)
-        limits.record_use(
-            session, self.policy, entry.action, actor.id, params, origin.request_id, now
-        )
+        aggregates.record(session, use, origin.request_id, now, approval_id=entry.approval_id)
         result = result_for(row.id)
         if claim is not None:
             claim.store(session, result.http_status, result.body())
@@ -475,6 +489,7 @@ class Gateway:
         origin: Origin,
         claim: KeyClaim | None,
         now: datetime,
+        use: aggregates.Use,
     ) -> ActionResult:
         """Run an accepted request in its backend (core/remote.py): record the call and the
         request's use toward limits and commit, call without a transaction open, then settle
@@ -501,7 +516,7 @@ class Gateway:
         call_id = remote.begin(session, backend, request, sensitive_fields(spec.payload_model), now)
         for companion in companions:
             self.write_audit(session, companion, actor, origin, now)
-        limits.record_use(session, self.policy, spec.name, actor.id, params, origin.request_id, now)
+        aggregates.record(session, use, origin.request_id, now)
         session.commit()
 
         answer = remote.call(self.backends, backend, request)

@@ -4,7 +4,7 @@ Checked in the action's transaction, after the target is locked and before the a
 gate. Concurrent requests of one actor for one action are serialised (PostgreSQL: a
 transaction-scoped advisory lock; SQLite: its single writer), so two of them cannot both
 squeeze under a limit. Each accepted use (executed, or held for approval) is recorded in the
-same transaction as its effect.
+same transaction as its effect (core/aggregates.py `record`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from opsgate.core.ids import new_id
 from opsgate.core.policy import ControlMode, LimitRule, Policy
 from opsgate.db.models import UsageEvent
 
@@ -73,29 +72,3 @@ def check(
         if rule.max_amount_minor is not None and total + amount > rule.max_amount_minor:
             hits.append(LimitHit(rule, int(total), amount))
     return hits
-
-
-def record_use(
-    session: Session,
-    policy: Policy,
-    action: str,
-    actor_id: str,
-    payload: Mapping[str, Any],
-    request_id: str,
-    now: datetime,
-) -> None:
-    """Count this use toward the actor's limits (only for actions that have limits)."""
-    rules = policy.limits_for(action)
-    if not rules:
-        return
-    field = rules[0].amount_field
-    session.add(
-        UsageEvent(
-            id=new_id("use"),
-            actor_id=actor_id,
-            action=action,
-            amount_minor=_amount(payload, field) if field in payload else None,
-            request_id=request_id,
-            occurred_at=now,
-        )
-    )

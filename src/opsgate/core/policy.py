@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -20,11 +20,20 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from opsgate.core.canonical import digest
-from opsgate.core.conditions import Condition, all_hold
+from opsgate.core.conditions import (
+    CUMULATIVE,
+    Aggregate,
+    Condition,
+    Facts,
+    Measure,
+    Scope,
+    all_hold,
+)
 from opsgate.core.durations import parse_duration
-from opsgate.core.registry import Registry
+from opsgate.core.registry import ActionSpec, Registry, TargetKind
 
 _ROLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+DEFAULT_AMOUNT_FIELD = "amount_minor"
 
 
 class Capability(StrEnum):
@@ -92,7 +101,7 @@ class LimitRule(_Strict):
     window: str
     max_count: int | None = Field(default=None, ge=1)
     max_amount_minor: int | None = Field(default=None, ge=1)
-    amount_field: str = "amount_minor"
+    amount_field: str = DEFAULT_AMOUNT_FIELD
     mode: ControlMode = ControlMode.ENFORCE
 
     @field_validator("window")
@@ -142,9 +151,12 @@ class ApprovalRequirement:
     expires_in: timedelta
     tier: int
     conditions: tuple[str, ...]
+    # Each condition of the tier as it held for this request, with its figure (e.g.
+    # "cumulative 258.71 USD on this payment in 24h > 100.00 USD"): why it is held.
+    because: tuple[str, ...] = ()
 
     def describe(self) -> dict[str, Any]:
-        return {
+        described: dict[str, Any] = {
             "action": self.action,
             "mode": self.mode.value,
             "quorum": self.quorum,
@@ -153,6 +165,9 @@ class ApprovalRequirement:
             "tier": self.tier,
             "when": list(self.conditions),
         }
+        if self.because:
+            described["because"] = list(self.because)
+        return described
 
 
 class CapabilityEntry(_Strict):
@@ -217,16 +232,14 @@ class Policy:
             return frozenset()
         return frozenset(role for group in groups for role in entry.group_roles.get(group, ()))
 
-    def approval_for(
-        self, action: str, payload: Mapping[str, Any], target: Mapping[str, Any]
-    ) -> ApprovalRequirement | None:
+    def approval_for(self, action: str, facts: Facts) -> ApprovalRequirement | None:
         """The approval this request needs under the action's rule, or None (no rule, mode
-        `off`, or no tier matches). The caller decides what `monitor` means."""
-        entry = self.document.actions.get(action)
-        rule = entry.approval if entry else None
+        `off`, or no tier matches). `facts.cumulative` must hold every figure
+        `aggregates_for(action)` names (a missing one counts as reached: fail closed). The
+        caller decides what `monitor` means."""
+        rule = self._approval_rule(action)
         if rule is None or rule.mode == ControlMode.OFF:
             return None
-        facts = {"payload": payload, "target": target}
         for index, tier in enumerate(rule.tiers):
             if all_hold(tier.when, facts):
                 return ApprovalRequirement(
@@ -237,8 +250,30 @@ class Policy:
                     expires_in=rule.expiry,
                     tier=index,
                     conditions=tuple(c.describe() for c in tier.when),
+                    because=tuple(c.explain(facts) for c in tier.when),
                 )
         return None
+
+    def aggregates_for(self, action: str) -> list[Aggregate]:
+        """The cumulative figures the action's approval rule (unless `off`) is judged on."""
+        rule = self._approval_rule(action)
+        if rule is None or rule.mode == ControlMode.OFF:
+            return []
+        found = {c.aggregate for tier in rule.tiers for c in tier.when}
+        return sorted(a for a in found if a is not None)
+
+    def amount_field(self, action: str) -> str:
+        """The payload field whose magnitude limits and cumulative amounts add up."""
+        limits = self.limits_for(action)
+        return limits[0].amount_field if limits else DEFAULT_AMOUNT_FIELD
+
+    def counts_uses(self, action: str) -> bool:
+        """True when limits or cumulative conditions need the action's uses recorded."""
+        return bool(self.limits_for(action) or self.aggregates_for(action))
+
+    def _approval_rule(self, action: str) -> ApprovalRule | None:
+        entry = self.document.actions.get(action)
+        return entry.approval if entry else None
 
     def limits_for(self, action: str) -> list[LimitRule]:
         entry = self.document.actions.get(action)
@@ -310,7 +345,9 @@ def _cross_check(document: PolicyDocument, registry: Registry) -> list[str]:
             problems.append(f"actions.{name}: no such action is registered")
         problems += _unknown_roles(f"actions.{name}.allow", action_entry.allow, roles)
         if action_entry.approval is not None:
-            problems += _check_approval(name, action_entry.approval, registry, roles)
+            problems += _check_approval(
+                name, action_entry.approval, registry, roles, action_entry.limits
+            )
         problems += _check_limits(name, action_entry.limits, registry)
     for name in registry.names():
         if name not in document.actions:
@@ -349,7 +386,11 @@ def _raw_cross_check(raw: dict[str, Any], registry: Registry) -> list[str]:
 
 
 def _check_approval(
-    name: str, rule: ApprovalRule, registry: Registry, roles: set[str]
+    name: str,
+    rule: ApprovalRule,
+    registry: Registry,
+    roles: set[str],
+    limits: list[LimitRule],
 ) -> list[str]:
     place = f"actions.{name}.approval"
     problems = _unknown_roles(f"{place}.approver_roles", rule.approver_roles, roles)
@@ -361,14 +402,43 @@ def _check_approval(
     kind = registry.target_kind(spec.target_kind)
     target_fields = kind.fields if kind else frozenset()
     payload_fields = set(spec.payload_model.model_fields)
+    amount_field = limits[0].amount_field if limits else DEFAULT_AMOUNT_FIELD
     for t, tier in enumerate(rule.tiers):
         for c, condition in enumerate(tier.when):
+            where = f"{place}.tiers.{t}.when.{c}"
+            aggregate = condition.aggregate
+            if aggregate is not None:
+                problems += _check_aggregate(where, name, aggregate, amount_field, spec, kind)
+                continue
+            if condition.source == CUMULATIVE:
+                continue  # already refused by the model (no window)
             known = payload_fields if condition.source == "payload" else target_fields
             if condition.name not in known:
                 problems.append(
-                    f"{place}.tiers.{t}.when.{c}: {name} has no {condition.source} field "
-                    f"{condition.name!r}"
+                    f"{where}: {name} has no {condition.source} field {condition.name!r}"
                 )
+    return problems
+
+
+def _check_aggregate(
+    where: str,
+    name: str,
+    aggregate: Aggregate,
+    amount_field: str,
+    spec: ActionSpec,
+    kind: TargetKind | None,
+) -> list[str]:
+    problems = []
+    if aggregate.measure == Measure.AMOUNT and amount_field not in spec.payload_model.model_fields:
+        problems.append(
+            f"{where}: cumulative amounts add up the payload field {amount_field!r}, "
+            f"which {name} does not have"
+        )
+    if aggregate.scope == Scope.CUSTOMER and (kind is None or kind.customer_of is None):
+        problems.append(
+            f"{where}: {spec.target_kind} targets do not say which customer they belong to, "
+            "so cumulative.customer cannot be computed for them"
+        )
     return problems
 
 

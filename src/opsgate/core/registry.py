@@ -118,6 +118,9 @@ class TargetKind:
     # For targets a remote backend owns: copy the state it reports after a change into the
     # local read model, `mirror(session, id, state)` (core/remote.py). None: nothing kept.
     mirror: Callable[[Session, str, Mapping[str, Any]], None] | None = None
+    # `customer_of(session, obj)`: the `customer:<id>` target the object belongs to (None when
+    # it has none), so that policy can add up amounts per customer (`cumulative.customer.*`).
+    customer_of: Callable[[Session, Any], str | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -255,7 +255,8 @@ class IdempotencyRecord(Base):
 
 
 class UsageEvent(Base):
-    """One accepted use of an action by an actor, for usage limits (count or summed amount)."""
+    """One accepted use of an action by an actor (executed, or held for approval), for usage
+    limits and cumulative policy conditions (core/aggregates.py)."""
 
     __tablename__ = "usage_events"
 
@@ -265,9 +266,17 @@ class UsageEvent(Base):
     amount_minor: Mapped[int | None] = mapped_column(BigInteger)
     request_id: Mapped[str] = mapped_column(String(128))
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    target: Mapped[str | None] = mapped_column(String(200))
+    # The `customer:<id>` the target belongs to, when its kind says (TargetKind.customer_of).
+    customer: Mapped[str | None] = mapped_column(String(200))
+    # Set when the use was held for approval: it counts toward cumulative figures only while
+    # that request may still execute or has executed.
+    approval_id: Mapped[str | None] = mapped_column(String(40))
 
     __table_args__ = (
         Index("ix_usage_events_actor_action_time", "actor_id", "action", "occurred_at"),
+        Index("ix_usage_events_target_action_time", "target", "action", "occurred_at"),
+        Index("ix_usage_events_customer_action_time", "customer", "action", "occurred_at"),
     )
 
 

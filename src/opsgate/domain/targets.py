@@ -86,6 +86,19 @@ PAYMENT_FIELDS = frozenset(
 )
 
 
+def _customer_of_customer(session: Session, c: Customer) -> str:
+    return f"customer:{c.id}"
+
+
+def _customer_of_account(session: Session, a: Account) -> str | None:
+    return f"customer:{a.customer_id}" if a.customer_id else None
+
+
+def _customer_of_payment(session: Session, p: Payment) -> str | None:
+    customer_id = session.scalar(select(Account.customer_id).where(Account.id == p.account_id))
+    return f"customer:{customer_id}" if customer_id else None
+
+
 def _mirror(model: Any, fields: tuple[str, ...], *, same_version: bool = False) -> Any:
     """Copy `fields` of the state a backend reports into the local row, when the backend's
     version is newer (answers may arrive out of order). A Core UPDATE: the row takes the
@@ -115,13 +128,20 @@ def _mirror(model: Any, fields: tuple[str, ...], *, same_version: bool = False) 
 
 
 TARGET_KINDS = (
-    TargetKind("customer", _load_customer, customer_state, CUSTOMER_FIELDS),
+    TargetKind(
+        "customer",
+        _load_customer,
+        customer_state,
+        CUSTOMER_FIELDS,
+        customer_of=_customer_of_customer,
+    ),
     TargetKind(
         "account",
         _load_account,
         account_state,
         ACCOUNT_FIELDS,
         mirror=_mirror(Account, ("status", "blocked_reason", "balance_minor"), same_version=True),
+        customer_of=_customer_of_account,
     ),
     TargetKind(
         "payment",
@@ -129,5 +149,6 @@ TARGET_KINDS = (
         payment_state,
         PAYMENT_FIELDS,
         mirror=_mirror(Payment, ("status", "reversed_minor")),
+        customer_of=_customer_of_payment,
     ),
 )
