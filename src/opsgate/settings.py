@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from opsgate.core.faults import FaultPoint
+
 DEMO_POLICY = Path(__file__).parent / "domain" / "policy.toml"
 
 
@@ -42,6 +44,9 @@ class Settings(BaseSettings):
     # Deliver webhook events from a background thread of each `opsgate serve` process. Off:
     # run `opsgate webhooks deliver` instead (events are queued either way).
     webhook_delivery: bool = True
+    # TEST ONLY (core/faults.py): the process SIGKILLs itself at this named point, so that a
+    # test can prove what a crash there leaves behind. Never set it in production.
+    fault_injection: FaultPoint | None = None
 
     # --- the operator console (docs/console.md) ---
     # Signs session cookies and CSRF tokens; every process of one deployment needs the same.
