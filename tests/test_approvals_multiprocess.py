@@ -27,6 +27,7 @@ from opsgate.db.models import ApprovalDecision, ApprovalRequest, AuditRecord
 from opsgate.domain.models import PaymentReversal
 from tests.conftest import TestDatabase, World
 from tests.servers import Server, start_server
+from tests.step_ups import step_up_header
 
 pytestmark = pytest.mark.multiprocess
 
@@ -59,12 +60,20 @@ def _money_request(server: Server, world: World) -> tuple[str, str]:
     return str(held.json()["approval_id"]), str(payment["id"])
 
 
-def _approve(server: Server, world: World, approval_id: str, **kw: Any) -> httpx.Response:
+def _step_up(url: str, world: World) -> dict[str, str]:
+    db = Database(url)
+    try:
+        return step_up_header(db, world.tokens["rita"])
+    finally:
+        db.dispose()
+
+
+def _approve(url: str, server: Server, world: World, approval_id: str) -> httpx.Response:
     return httpx.post(
         f"{server.base_url}/api/v1/approvals/{approval_id}/approve",
         json={"comment": "checked"},
-        headers=world.auth("rita") | kw.pop("headers", {}),
-        **kw,
+        headers=world.auth("rita") | _step_up(url, world),
+        timeout=60,
     )
 
 
@@ -108,7 +117,7 @@ def _kill_between_approve_and_execute(
         )
         servers.append(doomed)
         with pytest.raises(httpx.TransportError):
-            _approve(doomed, world, approval_id, timeout=30)
+            _approve(test_db.url, doomed, world, approval_id)
         doomed.process.wait(timeout=10)
         assert doomed.process.returncode == -9
         return
@@ -121,7 +130,7 @@ def _kill_between_approve_and_execute(
                 "POST",
                 f"{doomed.base_url}/api/v1/approvals/{approval_id}/approve",
                 json={"comment": "checked"},
-                headers=world.auth("rita"),
+                headers=world.auth("rita") | _step_up(test_db.url, world),
             )
             answers: list[object] = []
             thread = threading.Thread(
@@ -171,7 +180,7 @@ def test_a_server_killed_between_approve_and_execute_strands_nothing(
     # The approver tries again on a healthy server: it executes, once.
     healthy = start_server(test_db.url, tmp_path / "healthy.log")
     servers.append(healthy)
-    again = _approve(healthy, world, approval_id, timeout=60)
+    again = _approve(test_db.url, healthy, world, approval_id)
     assert again.status_code == 200, again.text
     assert again.json()["status"] == "succeeded"
 

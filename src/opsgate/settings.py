@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     console_absolute_timeout_hours: int = Field(default=12, ge=1, le=24 * 7)
     # Approving a money-moving request needs a password check no older than this.
     console_reauth_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    # How long a step-up grant (`POST /api/v1/auth/step-up`) may be used to approve one
+    # money-moving request through the API; capped by the re-authentication window.
+    step_up_seconds: int = Field(default=300, ge=30, le=900)
     # Failed sign-ins allowed per username and per address within the window.
     login_max_failures: int = Field(default=5, ge=1, le=100)
     login_window_minutes: int = Field(default=15, ge=1, le=24 * 60)

@@ -11,7 +11,7 @@ and while the requester may still start the action; otherwise it becomes `stale`
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 from sqlalchemy import func, select, update
@@ -34,6 +34,7 @@ from opsgate.core.errors import (
     OpsgateError,
     SelfApproval,
     StaleApproval,
+    StepUpRequired,
 )
 from opsgate.core.faults import FaultPoint, reach
 from opsgate.core.gateway import Gateway, domain_refusal, failed_entry
@@ -41,11 +42,24 @@ from opsgate.core.ids import new_id
 from opsgate.core.integrations import Backend
 from opsgate.core.policy import Capability
 from opsgate.core.redaction import redact, sensitive_fields
-from opsgate.core.registry import TargetRef
+from opsgate.core.registry import RiskClass, TargetRef
 from opsgate.core.request_ids import new_request_id
+from opsgate.core.step_up import Missing
+from opsgate.core.step_up import check as check_step_up
 from opsgate.db.models import ApprovalDecision, ApprovalRequest, ApprovalView, User
 
 MAX_COMMENT_LENGTH = 2000
+STEP_UP_ADVICE = {
+    Missing.NO_CREDENTIAL: "no credential was presented.",
+    Missing.SESSION_PROOF_TOO_OLD: "confirm your password again.",
+    Missing.NO_GRANT: "ask for a step-up grant with your password and send it with the "
+    "approval (X-Step-Up).",
+    Missing.UNKNOWN_GRANT: "the step-up grant is not one opsgate issued.",
+    Missing.OTHER_USER: "the step-up grant belongs to someone else.",
+    Missing.OTHER_TOKEN: "the step-up grant was issued to another of your tokens.",
+    Missing.EXPIRED: "the step-up grant has expired; ask for a new one.",
+    Missing.USED: "the step-up grant was already used; ask for a new one.",
+}
 S = ApprovalStatus
 
 
@@ -117,8 +131,16 @@ def _requester_actor(session: Session, approval: ApprovalRequest) -> Actor | Non
 class Approvals:
     """Decisions, cancellation, expiry and controlled execution, over the gateway's pieces."""
 
-    def __init__(self, gateway: Gateway, *, fault: FaultPoint | None = None) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        reauth_after: timedelta = timedelta(minutes=15),
+        fault: FaultPoint | None = None,
+    ) -> None:
         self.gateway = gateway
+        # A money-moving approval needs a proof of identity no older than this (step-up).
+        self.reauth_after = reauth_after
         self.fault = fault
         self.db = gateway.db
         self.policy = gateway.policy
@@ -184,13 +206,22 @@ class Approvals:
     # --- deciding -----------------------------------------------------------------------
 
     def decide(
-        self, approval_id: str, actor: Actor, decision: str, comment: str | None, origin: Origin
+        self,
+        approval_id: str,
+        actor: Actor,
+        decision: str,
+        comment: str | None,
+        origin: Origin,
+        *,
+        step_up: str | None = None,
     ) -> DecisionResult:
-        """Record `actor`'s approve or reject; on quorum, execute at once (controlled).
+        """Record `actor`'s approve or reject; on quorum, execute in the same transaction.
 
-        Raises SelfApproval, Forbidden, InvalidPayload (reject without comment),
-        ApprovalNotPending, ApprovalExpired, NotFound; and, from execution, StaleApproval
-        or DomainRejected. Every refusal is audited.
+        Approving a money-moving request needs a fresh proof of identity (core/step_up.py):
+        the console session's recent sign-in, or the `step_up` grant of an API token, spent
+        here. Raises SelfApproval, Forbidden, InvalidPayload (reject without comment),
+        ApprovalNotPending, ApprovalExpired, StepUpRequired, NotFound; and, from execution,
+        StaleApproval or DomainRejected. Every refusal is audited.
         """
         comment = (comment or "").strip() or None
         result = AuditResult.APPROVED if decision == Decision.APPROVE else AuditResult.REJECTED
@@ -207,6 +238,27 @@ class Approvals:
                     f"The request expired at {approval.expires_at.isoformat()}.",
                     extra={"approval_id": approval.id, "approval_status": approval.status},
                 )
+            outcome: dict[str, Any] = {"decision": decision}
+            if refusal is None and decision == Decision.APPROVE and self._moves_money(approval):
+                missing = check_step_up(
+                    session,
+                    actor,
+                    step_up,
+                    now=now,
+                    max_age=self.reauth_after,
+                    approval_id=approval.id,
+                )
+                if missing is not None:
+                    outcome["step_up"] = missing.value
+                    refusal = StepUpRequired(
+                        "Approving a money-moving request needs a fresh proof of identity: "
+                        f"{STEP_UP_ADVICE[missing]}",
+                        extra={
+                            "approval_id": approval.id,
+                            "approval_status": approval.status,
+                            "step_up": missing.value,
+                        },
+                    )
             if refusal is not None:
                 invalid = isinstance(refusal, InvalidPayload)
                 self._refuse_in(
@@ -216,7 +268,7 @@ class Approvals:
                         approval,
                         AuditResult.INVALID if invalid else AuditResult.DENIED,
                         reason=comment,
-                        outcome={"decision": decision},
+                        outcome=outcome,
                     ),
                     actor,
                     origin,
@@ -778,6 +830,10 @@ class Approvals:
             decision=decision,
             comment=comment,
         )
+
+    def _moves_money(self, approval: ApprovalRequest) -> bool:
+        spec = self.gateway.registry.get(approval.action)
+        return spec is not None and spec.risk == RiskClass.MONEY_MOVING
 
     def _sensitive(self, action: str) -> frozenset[str]:
         spec = self.gateway.registry.get(action)

@@ -50,7 +50,11 @@ class Services:
             lock_timeout=timedelta(seconds=settings.idempotency_lock_timeout_seconds),
         )
         gateway = Gateway(db, registry, policy, clock, idempotency, integrations)
-        approvals = Approvals(gateway, fault=settings.fault_injection)
+        approvals = Approvals(
+            gateway,
+            reauth_after=timedelta(minutes=settings.console_reauth_minutes),
+            fault=settings.fault_injection,
+        )
         return cls(settings, db, registry, policy, clock, gateway, approvals, integrations)
 
     def record_startup(self) -> None:
