@@ -553,6 +553,9 @@ class Approvals:
             .execution_options(synchronize_session=False)
         )
         if won.rowcount != 1:  # type: ignore[attr-defined]
+            # Only `execute` can lose: `decide` set `approved` itself under the row lock, and
+            # rolling back here would silently drop its decision.
+            assert recorded is None, "the approving transaction lost its own compare-and-set"
             session.rollback()
             return replace(decided, status=self._status_of(approval_id))
         approval.status = S.EXECUTING.value
