@@ -44,22 +44,11 @@ from opsgate.core.policy import Capability
 from opsgate.core.redaction import redact, sensitive_fields
 from opsgate.core.registry import RiskClass, TargetRef
 from opsgate.core.request_ids import new_request_id
-from opsgate.core.step_up import Missing
+from opsgate.core.step_up import ADVICE
 from opsgate.core.step_up import check as check_step_up
 from opsgate.db.models import ApprovalDecision, ApprovalRequest, ApprovalView, User
 
 MAX_COMMENT_LENGTH = 2000
-STEP_UP_ADVICE = {
-    Missing.NO_CREDENTIAL: "no credential was presented.",
-    Missing.SESSION_PROOF_TOO_OLD: "confirm your password again.",
-    Missing.NO_GRANT: "ask for a step-up grant with your password and send it with the "
-    "approval (X-Step-Up).",
-    Missing.UNKNOWN_GRANT: "the step-up grant is not one opsgate issued.",
-    Missing.OTHER_USER: "the step-up grant belongs to someone else.",
-    Missing.OTHER_TOKEN: "the step-up grant was issued to another of your tokens.",
-    Missing.EXPIRED: "the step-up grant has expired; ask for a new one.",
-    Missing.USED: "the step-up grant was already used; ask for a new one.",
-}
 S = ApprovalStatus
 
 
@@ -252,7 +241,7 @@ class Approvals:
                     outcome["step_up"] = missing.value
                     refusal = StepUpRequired(
                         "Approving a money-moving request needs a fresh proof of identity: "
-                        f"{STEP_UP_ADVICE[missing]}",
+                        f"{ADVICE[missing]}",
                         extra={
                             "approval_id": approval.id,
                             "approval_status": approval.status,

@@ -50,6 +50,21 @@ class Missing(StrEnum):
     USED = "used"
 
 
+# What to tell the approver, after "Approving a money-moving request needs a fresh proof of
+# identity: ".
+ADVICE = {
+    Missing.NO_CREDENTIAL: "no credential was presented.",
+    Missing.SESSION_PROOF_TOO_OLD: "confirm your password again.",
+    Missing.NO_GRANT: "ask for a step-up grant with your password and send it with the "
+    "approval (X-Step-Up).",
+    Missing.UNKNOWN_GRANT: "the step-up grant is not one opsgate issued.",
+    Missing.OTHER_USER: "the step-up grant belongs to someone else.",
+    Missing.OTHER_TOKEN: "the step-up grant was issued to another of your tokens.",
+    Missing.EXPIRED: "the step-up grant has expired; ask for a new one.",
+    Missing.USED: "the step-up grant was already used; ask for a new one.",
+}
+
+
 @dataclass(frozen=True)
 class IssuedStepUp:
     """A new grant; `secret` goes to the caller once and is never stored."""
