@@ -372,3 +372,64 @@ def test_demo_seed_json_on_a_seeded_database(
     assert all("@" in c["email"] for c in data["customers"])
     with db.reading() as session:
         assert session.scalar(select(func.count()).select_from(Customer)) == len(customers)
+
+
+# --- approvals recover ----------------------------------------------------------------------
+
+
+def test_approvals_recover_executes_a_stranded_approval_once(cli_db: TestDatabase) -> None:
+    from datetime import UTC, datetime
+
+    from sqlalchemy import update
+
+    from opsgate.core.actors import Actor, Origin
+    from opsgate.db.models import ApprovalRequest
+    from opsgate.web.services import Services
+
+    world = cli_db.world
+    services = Services.build(get_settings())
+    account = world.account(2)
+    alice = Actor(id=world.user_ids["alice"], name="alice", roles=frozenset({"support_agent"}))
+    rita = Actor(id=world.user_ids["rita"], name="rita", roles=frozenset({"risk_reviewer"}))
+    services.gateway.submit(
+        alice,
+        "account.block",
+        {
+            "target": f"account:{account}",
+            "payload": {"reason_code": "fraud_suspected"},
+            "reason": "x",
+        },
+        Origin("cli-block"),
+    )
+    held = services.gateway.submit(
+        rita,
+        "account.unblock",
+        {"target": f"account:{account}", "payload": {}, "reason": "verified"},
+        Origin("cli-unblock"),
+    )
+    # As an older opsgate left it when killed between the approval and the execution.
+    with services.db.writing() as session:
+        session.execute(
+            update(ApprovalRequest)
+            .where(ApprovalRequest.id == held.approval_id)
+            .values(status="approved", decided_at=datetime.now(UTC) - timedelta(minutes=5))
+        )
+        session.commit()
+    services.db.dispose()
+
+    first = invoke("approvals", "recover")
+    assert first.exit_code == 0, (first.output, first.exception)
+    assert first.stdout.split() == [str(held.approval_id), "succeeded"]
+    second = invoke("approvals", "recover")
+    assert second.exit_code == 0
+    assert second.stdout.strip() == ""
+    db = Database(cli_db.url)
+    with db.reading() as session:
+        executions = session.scalars(
+            select(AuditRecord).where(
+                AuditRecord.approval_id == held.approval_id,
+                AuditRecord.execution_request_id.is_not(None),
+            )
+        ).all()
+        assert [r.result for r in executions] == ["succeeded"]
+    db.dispose()

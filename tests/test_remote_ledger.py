@@ -35,6 +35,7 @@ from tests.remote_stack import (
     ledger_database,
     remote_stack,
 )
+from tests.step_ups import step_up_header
 
 pytestmark = pytest.mark.multiprocess
 
@@ -270,11 +271,14 @@ def test_an_approved_reversal_executes_in_the_ledger_with_the_approval_key(
         assert held.status_code == 202, held.text
         approval_id = held.json()["approval_id"]
         assert rows(ledger_url, LedgerOperation) == []  # nothing reached the ledger yet
+        proofs = Database(test_db.url)
+        proof = step_up_header(proofs, world.tokens["rita"])
+        proofs.dispose()
 
         approved = httpx.post(
             f"{server.base_url}/api/v1/approvals/{approval_id}/approve",
             json={"comment": "checked the dispute"},
-            headers=world.auth("rita"),
+            headers=world.auth("rita") | proof,
             timeout=60,
         )
         assert approved.status_code == 200, approved.text

@@ -26,6 +26,7 @@ from opsgate.ledger_service.models import LedgerOperation
 from tests.conftest import TestDatabase, World, demo_policy_with
 from tests.domain.test_money import UNGATED_REVERSALS, ledger_is_consistent
 from tests.remote_stack import RemoteStack, ledger_database, remote_stack
+from tests.step_ups import step_up_header
 
 pytestmark = pytest.mark.multiprocess
 
@@ -178,9 +179,12 @@ def test_three_processes_one_postgresql_and_the_ledger_under_concurrent_clients(
     same_key = world.auth("olga") | {"Idempotency-Key": "one-key-three-processes"}
     jobs += [Job("same_key", reverse_path, reversal(once.id, 100), same_key)] * SAME_KEY
     approve_path = f"/api/v1/approvals/{approval_id}/approve"
+    proofs = Database(test_db.url)
     for secret in reviewers:
-        headers = {"Authorization": f"Bearer {secret}"}
+        # A money-moving approval through the API needs each reviewer's step-up grant.
+        headers = {"Authorization": f"Bearer {secret}"} | step_up_header(proofs, secret)
         jobs.append(Job("approve", approve_path, {"comment": "looks right"}, headers))
+    proofs.dispose()
     random.Random(7).shuffle(jobs)
     with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
         futures = [pool.submit(job.send, urls[n % PROCESSES]) for n, job in enumerate(jobs)]

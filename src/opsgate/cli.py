@@ -383,6 +383,25 @@ def approvals_expire() -> None:
     err.print(f"{len(expired)} request(s) expired")
 
 
+@approvals_app.command("recover")
+def approvals_recover(
+    older_than: Annotated[
+        int, typer.Option(min=0, help="Only requests approved at least this many seconds ago.")
+    ] = 60,
+) -> None:
+    """Execute (or expire) requests an older opsgate left `approved` when it died before
+    executing them; each runs once, with every re-check. Safe to run from several hosts."""
+    from opsgate.web.services import Services
+
+    services = Services.build(get_settings())
+    approved_before = services.clock.now() - timedelta(seconds=older_than)
+    handled = services.approvals.recover(_cli_origin(), approved_before=approved_before)
+    services.db.dispose()
+    for approval_id, status in handled:
+        typer.echo(f"{approval_id} {status}")
+    err.print(f"{len(handled)} stranded request(s) recovered")
+
+
 @idempotency_app.command("prune")
 def idempotency_prune() -> None:
     """Delete stored answers past their retention (OPSGATE_IDEMPOTENCY_RETENTION_HOURS)."""

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from opsgate.core.faults import FaultPoint
+
 DEMO_POLICY = Path(__file__).parent / "domain" / "policy.toml"
 
 
@@ -43,6 +45,9 @@ class Settings(BaseSettings):
     # Deliver webhook events from a background thread of each `opsgate serve` process. Off:
     # run `opsgate webhooks deliver` instead (events are queued either way).
     webhook_delivery: bool = True
+    # TEST ONLY (core/faults.py): the process SIGKILLs itself at this named point, so that a
+    # test can prove what a crash there leaves behind. Never set it in production.
+    fault_injection: FaultPoint | None = None
 
     # --- personal data in record searches (docs/operations.md) ---
     # Keys the hash (HMAC-SHA256) the audit trail keeps of each search term instead of the
@@ -69,6 +74,9 @@ class Settings(BaseSettings):
     console_absolute_timeout_hours: int = Field(default=12, ge=1, le=24 * 7)
     # Approving a money-moving request needs a password check no older than this.
     console_reauth_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    # How long a step-up grant (`POST /api/v1/auth/step-up`) may be used to approve one
+    # money-moving request through the API; capped by the re-authentication window.
+    step_up_seconds: int = Field(default=300, ge=30, le=900)
     # Failed sign-ins allowed per username and per address within the window.
     login_max_failures: int = Field(default=5, ge=1, le=100)
     login_window_minutes: int = Field(default=15, ge=1, le=24 * 60)

@@ -560,3 +560,65 @@ def test_token_of_requester_is_refused_through_the_api(
         assert refused.json()["code"] == "self_approval"
         assert refused.json()["request_id"] == refused.headers["X-Request-ID"]
     assert approval(db, approval_id).status == "pending"
+
+
+# --- recovery of requests an older opsgate stranded ---------------------------------------
+
+
+def strand(services: Services, db: Database, world: World) -> str:
+    """A request left `approved` with no execution, as an opsgate before 0.x left it when
+    its process died between the approval's commit and the execution's."""
+    approval_id = request_unblock(services, world)
+    with db.writing() as session:
+        session.execute(
+            update(ApprovalRequest)
+            .where(ApprovalRequest.id == approval_id)
+            .values(status="approved", decided_at=services.clock.now())
+        )
+        session.commit()
+    return approval_id
+
+
+def test_recover_executes_a_stranded_approval_once_however_many_run_it(
+    services: Services, db: Database, world: World
+) -> None:
+    approval_id = strand(services, db, world)
+    services.clock.advance(timedelta(minutes=5))  # type: ignore[attr-defined]
+    barrier = threading.Barrier(4)
+    handled: list[list[tuple[str, str]]] = []
+
+    def recover(n: int) -> None:
+        barrier.wait()
+        handled.append(
+            services.approvals.recover(origin(f"recover-{n}"), approved_before=services.clock.now())
+        )
+
+    threads = [threading.Thread(target=recover, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(h for h in handled if h) == [[(approval_id, "succeeded")]]
+    assert account_status(db, world.account(0)) == "active"
+    executions = [a for a in audits(db, approval_id) if a.execution_request_id]
+    assert [a.result for a in executions] == ["succeeded"]
+
+
+def test_recover_expires_a_stranded_approval_past_its_expiry(
+    services: Services, db: Database, world: World
+) -> None:
+    approval_id = strand(services, db, world)
+    services.clock.advance(timedelta(hours=25))  # type: ignore[attr-defined]
+    handled = services.approvals.recover(origin("recover"), approved_before=services.clock.now())
+    assert handled == [(approval_id, "expired")]
+    assert account_status(db, world.account(0)) == "blocked"
+    assert [a.result for a in audits(db, approval_id)][-1] == "expired"
+
+
+def test_recover_leaves_a_just_approved_request_to_its_executor(
+    services: Services, db: Database, world: World
+) -> None:
+    approval_id = strand(services, db, world)
+    before = services.clock.now() - timedelta(seconds=60)
+    assert services.approvals.recover(origin("recover"), approved_before=before) == []
+    assert approval(db, approval_id).status == "approved"

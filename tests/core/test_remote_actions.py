@@ -33,6 +33,7 @@ from opsgate.domain.seed import DEMO_USERS
 from opsgate.web.services import Services
 from tests.conftest import FrozenClock, World
 from tests.domain.test_money import large_payment, small_payment
+from tests.step_ups import stepped_up
 
 ROLES = {username: frozenset(roles) for username, _name, roles in DEMO_USERS}
 LEDGER = Backend(
@@ -333,8 +334,9 @@ def test_an_approved_execution_runs_remotely_under_the_approvals_key(
     assert backend.requests == []  # nothing leaves before the approval
     backend.answers.append(executed(db))
 
+    rita, proof = stepped_up(db, actor(world, "rita"), remote.clock.now())
     done = remote.approvals.decide(
-        pending.approval_id, actor(world, "rita"), Decision.APPROVE, None, Origin("req-approve")
+        pending.approval_id, rita, Decision.APPROVE, None, Origin("req-approve"), step_up=proof
     )
 
     assert done.status == "succeeded"
@@ -359,9 +361,10 @@ def test_an_unknown_execution_stays_executing_until_reconciled(
     payment = large_payment(db, at_least=20_000)
     pending = reverse(remote, world, payment.id, 20_000, "key-big", "req-big")
     backend.answers.append(lambda _r: failed_answer("unknown", 502))
+    rita, proof = stepped_up(db, actor(world, "rita"), remote.clock.now())
     with pytest.raises(BackendTimeout) as caught:
         remote.approvals.decide(
-            pending.approval_id, actor(world, "rita"), Decision.APPROVE, None, Origin("req-ap")
+            pending.approval_id, rita, Decision.APPROVE, None, Origin("req-ap"), step_up=proof
         )
     assert caught.value.extra["approval_status"] == "executing"
 

@@ -17,6 +17,7 @@ from opsgate.domain.models import Payment, PaymentReversal
 from opsgate.web.services import Services
 from tests.conftest import TestDatabase, World
 from tests.servers import start_server
+from tests.step_ups import step_up_header
 
 
 def small_payment(db: Database) -> Payment:
@@ -151,7 +152,10 @@ def test_key_that_opened_an_approval_replays_it_and_executes_once(
     with db.reading() as session:
         assert session.scalar(select(func.count()).select_from(ApprovalRequest)) == 1
     approval_id = first.json()["approval_id"]
-    approved = client.post(f"/api/v1/approvals/{approval_id}/approve", headers=world.auth("rita"))
+    approved = client.post(
+        f"/api/v1/approvals/{approval_id}/approve",
+        headers=world.auth("rita") | step_up_header(db, world.tokens["rita"]),
+    )
     assert approved.json()["status"] == "succeeded"
     third = client.post(
         "/api/v1/actions/payment.reverse", json=body(payment.id, 20_000), headers=headers

@@ -11,7 +11,7 @@ and while the requester may still start the action; otherwise it becomes `stale`
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 from sqlalchemy import func, select, update
@@ -34,14 +34,18 @@ from opsgate.core.errors import (
     OpsgateError,
     SelfApproval,
     StaleApproval,
+    StepUpRequired,
 )
+from opsgate.core.faults import FaultPoint, reach
 from opsgate.core.gateway import Gateway, domain_refusal, failed_entry
 from opsgate.core.ids import new_id
 from opsgate.core.integrations import Backend
 from opsgate.core.policy import Capability
 from opsgate.core.redaction import redact, sensitive_fields
-from opsgate.core.registry import TargetRef
+from opsgate.core.registry import RiskClass, TargetRef
 from opsgate.core.request_ids import new_request_id
+from opsgate.core.step_up import ADVICE
+from opsgate.core.step_up import check as check_step_up
 from opsgate.db.models import ApprovalDecision, ApprovalRequest, ApprovalView, User
 
 MAX_COMMENT_LENGTH = 2000
@@ -64,6 +68,16 @@ class DecisionResult:
     quorum: int
     execution_request_id: str | None = None
     result: dict[str, Any] | None = None
+    audit_id: str | None = None
+
+
+@dataclass
+class _Decided:
+    """A decision's audit record, to be written in the decision's transaction; `audit_id`
+    is set once it is."""
+
+    entry: AuditEntry
+    actor: Actor
     audit_id: str | None = None
 
 
@@ -106,8 +120,17 @@ def _requester_actor(session: Session, approval: ApprovalRequest) -> Actor | Non
 class Approvals:
     """Decisions, cancellation, expiry and controlled execution, over the gateway's pieces."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        reauth_after: timedelta = timedelta(minutes=15),
+        fault: FaultPoint | None = None,
+    ) -> None:
         self.gateway = gateway
+        # A money-moving approval needs a proof of identity no older than this (step-up).
+        self.reauth_after = reauth_after
+        self.fault = fault
         self.db = gateway.db
         self.policy = gateway.policy
         self.clock = gateway.clock
@@ -172,13 +195,22 @@ class Approvals:
     # --- deciding -----------------------------------------------------------------------
 
     def decide(
-        self, approval_id: str, actor: Actor, decision: str, comment: str | None, origin: Origin
+        self,
+        approval_id: str,
+        actor: Actor,
+        decision: str,
+        comment: str | None,
+        origin: Origin,
+        *,
+        step_up: str | None = None,
     ) -> DecisionResult:
-        """Record `actor`'s approve or reject; on quorum, execute at once (controlled).
+        """Record `actor`'s approve or reject; on quorum, execute in the same transaction.
 
-        Raises SelfApproval, Forbidden, InvalidPayload (reject without comment),
-        ApprovalNotPending, ApprovalExpired, NotFound; and, from execution, StaleApproval
-        or DomainRejected. Every refusal is audited.
+        Approving a money-moving request needs a fresh proof of identity (core/step_up.py):
+        the console session's recent sign-in, or the `step_up` grant of an API token, spent
+        here. Raises SelfApproval, Forbidden, InvalidPayload (reject without comment),
+        ApprovalNotPending, ApprovalExpired, StepUpRequired, NotFound; and, from execution,
+        StaleApproval or DomainRejected. Every refusal is audited.
         """
         comment = (comment or "").strip() or None
         result = AuditResult.APPROVED if decision == Decision.APPROVE else AuditResult.REJECTED
@@ -195,6 +227,27 @@ class Approvals:
                     f"The request expired at {approval.expires_at.isoformat()}.",
                     extra={"approval_id": approval.id, "approval_status": approval.status},
                 )
+            outcome: dict[str, Any] = {"decision": decision}
+            if refusal is None and decision == Decision.APPROVE and self._moves_money(approval):
+                missing = check_step_up(
+                    session,
+                    actor,
+                    step_up,
+                    now=now,
+                    max_age=self.reauth_after,
+                    approval_id=approval.id,
+                )
+                if missing is not None:
+                    outcome["step_up"] = missing.value
+                    refusal = StepUpRequired(
+                        "Approving a money-moving request needs a fresh proof of identity: "
+                        f"{ADVICE[missing]}",
+                        extra={
+                            "approval_id": approval.id,
+                            "approval_status": approval.status,
+                            "step_up": missing.value,
+                        },
+                    )
             if refusal is not None:
                 invalid = isinstance(refusal, InvalidPayload)
                 self._refuse_in(
@@ -204,7 +257,7 @@ class Approvals:
                         approval,
                         AuditResult.INVALID if invalid else AuditResult.DENIED,
                         reason=comment,
-                        outcome={"decision": decision},
+                        outcome=outcome,
                     ),
                     actor,
                     origin,
@@ -247,8 +300,7 @@ class Approvals:
             elif approvals >= approval.quorum:
                 _set_status(approval, S.APPROVED)
                 approval.decided_at = now
-            row = self.gateway.write_audit(
-                session,
+            recorded = _Decided(
                 _entry(
                     approval,
                     result,
@@ -260,36 +312,58 @@ class Approvals:
                     },
                 ),
                 actor,
-                origin,
-                now,
             )
             self._notify(
                 session, outbox.EventType.DECIDED, approval, origin, now, actor, decision, comment
             )
+            decided = DecisionResult(
+                approval_id=approval_id,
+                status=approval.status,
+                request_id=origin.request_id,
+                approvals=approvals,
+                quorum=approval.quorum,
+            )
+            label = metrics.action_label(self.gateway.registry, approval_action)
+            if approval.status == S.APPROVED:
+                # The approval that reaches quorum and its execution commit together (or, for
+                # a remote backend, with the move to `executing` and the call's record): a
+                # crash anywhere before that commit leaves the request pending, as if this
+                # decision had never been made, so no request can sit `approved` with nobody
+                # to run it. The decision's record is written just before the execution's, so
+                # that locks are taken in execution's order (target rows, then the chain head).
+                reach(self.fault, FaultPoint.BEFORE_EXECUTION)
+                try:
+                    executed = self._execute_locked(session, approval, origin, decided, recorded)
+                except BaseException as exc:
+                    metrics.observe_execution(label, metrics.result_of(exc))
+                    raise
+                finally:
+                    self._decision_done(recorded, approval, label, now)
+                metrics.observe_execution(label, executed.status)
+                return executed
+            self._record_decision(session, recorded, origin, now)
             session.commit()
-            status, quorum, audit_id = approval.status, approval.quorum, row.id
-        self.gateway.log_action(actor, _entry(approval, result), result, audit_id)
-        label = metrics.action_label(self.gateway.registry, approval_action)
+        self._decision_done(recorded, approval, label, now)
+        return replace(decided, audit_id=recorded.audit_id)
+
+    def _record_decision(
+        self, session: Session, recorded: _Decided | None, origin: Origin, now: datetime
+    ) -> None:
+        if recorded is not None:
+            row = self.gateway.write_audit(session, recorded.entry, recorded.actor, origin, now)
+            recorded.audit_id = row.id
+
+    def _decision_done(
+        self, recorded: _Decided, approval: ApprovalRequest, label: str, now: datetime
+    ) -> None:
+        """Log and count a decision once it is committed (its record exists)."""
+        if recorded.audit_id is None:
+            return
+        entry = recorded.entry
+        self.gateway.log_action(recorded.actor, entry, entry.result, recorded.audit_id)
+        status = (entry.outcome or {}).get("status")
         if status in metrics.DECISIONS:
             metrics.observe_decision(label, status, (now - approval.created_at).total_seconds())
-        decided = DecisionResult(
-            approval_id=approval_id,
-            status=status,
-            request_id=origin.request_id,
-            approvals=approvals,
-            quorum=quorum,
-            audit_id=audit_id,
-        )
-        if status == S.APPROVED:
-            try:
-                executed = self.execute(approval_id, origin, decided)
-            except BaseException as exc:
-                metrics.observe_execution(label, metrics.result_of(exc))
-                raise
-            if executed.execution_request_id is not None:  # None: another executor ran it
-                metrics.observe_execution(label, executed.status)
-            return executed
-        return decided
 
     def _decision_refusal(
         self, approval: ApprovalRequest, actor: Actor, decision: str, comment: str | None
@@ -389,16 +463,48 @@ class Approvals:
                     expired.append(approval_id)
         return expired
 
+    def recover(self, origin: Origin, *, approved_before: datetime) -> list[tuple[str, str]]:
+        """Execute (or expire) every request left `approved`, at or before `approved_before`,
+        by an executor that died; return (approval ID, status) for each one handled.
+
+        Only an older opsgate leaves such a request (today's `decide` commits the approval
+        with its execution). Each goes through `execute`: its row lock and compare-and-set
+        let one process run it once, with every re-check, however many recover at once.
+        """
+        with self.db.reading() as session:
+            stranded = list(
+                session.scalars(
+                    select(ApprovalRequest.id)
+                    .where(
+                        ApprovalRequest.status == S.APPROVED,
+                        ApprovalRequest.decided_at <= approved_before,
+                    )
+                    .order_by(ApprovalRequest.decided_at)
+                )
+            )
+        handled = []
+        for approval_id in stranded:
+            nothing = DecisionResult(approval_id, S.APPROVED.value, origin.request_id, 0, 0)
+            try:
+                done = self.execute(approval_id, origin, nothing)
+            except OpsgateError as exc:
+                handled.append((approval_id, str(exc.extra.get("approval_status", exc.code))))
+                continue
+            if done.execution_request_id is not None:  # None: another process ran it
+                handled.append((approval_id, done.status))
+        return handled
+
     # --- controlled execution -----------------------------------------------------------
 
     def execute(self, approval_id: str, origin: Origin, decided: DecisionResult) -> DecisionResult:
-        """Run an approved request exactly once, under a fresh execution request ID.
+        """Run an `approved` request exactly once, under a fresh execution request ID; a
+        request already past `approved` is left alone and its status returned.
 
-        Compare-and-set approved→executing decides the one executor; the other checks and the
-        handler run in the same transaction, so a loser sees a final status. Raises
-        StaleApproval (handler not run), DomainRejected (handler refused; status `failed`).
+        `decide` runs the execution in the approving transaction, so this finds work only
+        for requests approved by an older opsgate that died before executing them
+        (`opsgate approvals recover`). Raises ApprovalExpired, StaleApproval (handler not
+        run), DomainRejected (handler refused; status `failed`).
         """
-        execution_id = new_request_id()
         with self.db.writing() as session:
             now = self.clock.now()
             approval = session.get(ApprovalRequest, approval_id, with_for_update=True)
@@ -410,104 +516,130 @@ class Approvals:
                     "The request expired before it could execute.",
                     extra={"approval_id": approval_id, "approval_status": S.EXPIRED.value},
                 )
-            won = session.execute(
-                update(ApprovalRequest)
-                .where(ApprovalRequest.id == approval_id, ApprovalRequest.status == S.APPROVED)
-                .values(status=check_transition(S.APPROVED, S.EXECUTING).value)
-                .execution_options(synchronize_session=False)
-            )
-            if won.rowcount != 1:  # type: ignore[attr-defined]
-                session.rollback()
-                return replace(decided, status=self._status_of(approval_id))
-            approval.status = S.EXECUTING.value
-            approval.execution_request_id = execution_id
-            run_origin = replace(origin, request_id=approval.request_id)
-            base = _entry(
-                approval,
-                AuditResult.SUCCEEDED,
-                parameters=redact(approval.payload, self._sensitive(approval.action)),
-                reason=approval.reason,
-                execution_request_id=execution_id,
-            )
-            checked = self._recheck(session, approval)
-            if isinstance(checked, str):
-                _set_status(approval, S.STALE, checked)
-                approval.executed_at = now
-                requester = _requester_actor(session, approval)
-                self.gateway.write_audit(
-                    session,
-                    replace(
-                        base,
-                        result=AuditResult.STALE,
-                        error_code="stale_approval",
-                        error_message=checked,
-                    ),
-                    requester,
-                    run_origin,
-                    now,
-                )
-                self._notify(session, outbox.EventType.EXECUTED, approval, run_origin, now)
-                session.commit()
-                raise StaleApproval(
-                    f"Not executed: {checked}.",
-                    extra={
-                        "approval_id": approval_id,
-                        "approval_status": S.STALE.value,
-                        "execution_request_id": execution_id,
-                    },
-                )
-            requester, spec, obj, payload = checked
-            backend = self.gateway.integrations.backend_for(spec.name)
-            if backend is not None:
-                return self._execute_remote(
-                    session, backend, approval, requester, base, run_origin, decided, now
-                )
-            ctx = self.gateway.context(
-                session, requester, spec.name, execution_id, approval.reason, now, approval.id
-            )
-            failure: Exception | None = None
-            try:
-                # A savepoint: a refusing handler's effects are undone, while the status
-                # change that makes this the one execution stays in the transaction.
-                with session.begin_nested():
-                    execution = self.gateway.run_handler(ctx, spec, obj, payload)
-            except DomainError as exc:
-                failure = exc
-                entry = failed_entry(base, exc)
-            except Exception as exc:
-                failure = exc
-                message = f"internal error ({type(exc).__name__})"
-                entry = replace(
-                    base,
-                    result=AuditResult.FAILED,
-                    error_code="internal_error",
-                    error_message=message,
-                )
-            if failure is not None:
-                _set_status(approval, S.FAILED, entry.error_message)
-                approval.executed_at = now
-                approval.error_code = entry.error_code
-                approval.error_message = entry.error_message
-                row = self.gateway.write_audit(session, entry, requester, run_origin, now)
-                self._notify(session, outbox.EventType.EXECUTED, approval, run_origin, now)
-                session.commit()
-                self.gateway.log_action(requester, entry, AuditResult.FAILED, row.id)
-                if isinstance(failure, DomainError):
-                    raise domain_refusal(
-                        failure,
-                        approval_id=approval_id,
-                        approval_status=S.FAILED.value,
-                        execution_request_id=execution_id,
-                    ) from failure
-                raise failure
-            _set_status(approval, S.SUCCEEDED)
+            return self._execute_locked(session, approval, origin, decided, None)
+
+    def _execute_locked(
+        self,
+        session: Session,
+        approval: ApprovalRequest,
+        origin: Origin,
+        decided: DecisionResult,
+        recorded: _Decided | None,
+    ) -> DecisionResult:
+        """Execute `approval`, locked and `approved` in `session`, and commit; `recorded` is
+        the approving decision, whose record is written (and committed) with the execution.
+
+        Compare-and-set approved→executing decides the one executor; the other checks and the
+        handler run in the same transaction, so a loser sees a final status.
+        """
+        approval_id = approval.id
+        execution_id = new_request_id()
+        now = self.clock.now()
+        won = session.execute(
+            update(ApprovalRequest)
+            .where(ApprovalRequest.id == approval_id, ApprovalRequest.status == S.APPROVED)
+            .values(status=check_transition(S.APPROVED, S.EXECUTING).value)
+            .execution_options(synchronize_session=False)
+        )
+        if won.rowcount != 1:  # type: ignore[attr-defined]
+            # Only `execute` can lose: `decide` set `approved` itself under the row lock, and
+            # rolling back here would silently drop its decision.
+            assert recorded is None, "the approving transaction lost its own compare-and-set"
+            session.rollback()
+            return replace(decided, status=self._status_of(approval_id))
+        approval.status = S.EXECUTING.value
+        approval.execution_request_id = execution_id
+        run_origin = replace(origin, request_id=approval.request_id)
+        base = _entry(
+            approval,
+            AuditResult.SUCCEEDED,
+            parameters=redact(approval.payload, self._sensitive(approval.action)),
+            reason=approval.reason,
+            execution_request_id=execution_id,
+        )
+        checked = self._recheck(session, approval)
+        if isinstance(checked, str):
+            _set_status(approval, S.STALE, checked)
             approval.executed_at = now
-            approval.result = dict(execution.outcome.result)
-            row = self.gateway.write_audit(
-                session, replace(base, **execution.audit_fields()), requester, run_origin, now
+            requester = _requester_actor(session, approval)
+            self._record_decision(session, recorded, origin, now)
+            self.gateway.write_audit(
+                session,
+                replace(
+                    base,
+                    result=AuditResult.STALE,
+                    error_code="stale_approval",
+                    error_message=checked,
+                ),
+                requester,
+                run_origin,
+                now,
             )
             self._notify(session, outbox.EventType.EXECUTED, approval, run_origin, now)
             session.commit()
+            raise StaleApproval(
+                f"Not executed: {checked}.",
+                extra={
+                    "approval_id": approval_id,
+                    "approval_status": S.STALE.value,
+                    "execution_request_id": execution_id,
+                },
+            )
+        requester, spec, obj, payload = checked
+        backend = self.gateway.integrations.backend_for(spec.name)
+        if backend is not None:
+            self._record_decision(session, recorded, origin, now)
+            return self._execute_remote(
+                session, backend, approval, requester, base, run_origin, decided, now
+            )
+        ctx = self.gateway.context(
+            session, requester, spec.name, execution_id, approval.reason, now, approval.id
+        )
+        failure: Exception | None = None
+        try:
+            # A savepoint: a refusing handler's effects are undone, while the status
+            # change that makes this the one execution stays in the transaction.
+            with session.begin_nested():
+                execution = self.gateway.run_handler(ctx, spec, obj, payload)
+        except DomainError as exc:
+            failure = exc
+            entry = failed_entry(base, exc)
+        except Exception as exc:
+            failure = exc
+            message = f"internal error ({type(exc).__name__})"
+            entry = replace(
+                base,
+                result=AuditResult.FAILED,
+                error_code="internal_error",
+                error_message=message,
+            )
+        if failure is not None:
+            _set_status(approval, S.FAILED, entry.error_message)
+            approval.executed_at = now
+            approval.error_code = entry.error_code
+            approval.error_message = entry.error_message
+            self._record_decision(session, recorded, origin, now)
+            row = self.gateway.write_audit(session, entry, requester, run_origin, now)
+            self._notify(session, outbox.EventType.EXECUTED, approval, run_origin, now)
+            session.commit()
+            self.gateway.log_action(requester, entry, AuditResult.FAILED, row.id)
+            if isinstance(failure, DomainError):
+                raise domain_refusal(
+                    failure,
+                    approval_id=approval_id,
+                    approval_status=S.FAILED.value,
+                    execution_request_id=execution_id,
+                ) from failure
+            raise failure
+        _set_status(approval, S.SUCCEEDED)
+        approval.executed_at = now
+        approval.result = dict(execution.outcome.result)
+        self._record_decision(session, recorded, origin, now)
+        row = self.gateway.write_audit(
+            session, replace(base, **execution.audit_fields()), requester, run_origin, now
+        )
+        self._notify(session, outbox.EventType.EXECUTED, approval, run_origin, now)
+        session.commit()
         self.gateway.log_action(requester, base, AuditResult.SUCCEEDED, row.id)
         return replace(
             decided,
@@ -690,6 +822,10 @@ class Approvals:
             decision=decision,
             comment=comment,
         )
+
+    def _moves_money(self, approval: ApprovalRequest) -> bool:
+        spec = self.gateway.registry.get(approval.action)
+        return spec is not None and spec.risk == RiskClass.MONEY_MOVING
 
     def _sensitive(self, action: str) -> frozenset[str]:
         spec = self.gateway.registry.get(action)

@@ -14,6 +14,7 @@ class ProblemCode(StrEnum):
     """Machine-readable `code` of a problem response (DESIGN.md, JSON API contract)."""
 
     UNAUTHENTICATED = "unauthenticated"
+    STEP_UP_REQUIRED = "step_up_required"
     FORBIDDEN = "forbidden"
     UNKNOWN_ACTION = "unknown_action"
     TARGET_NOT_FOUND = "target_not_found"
@@ -60,6 +61,15 @@ class Unauthenticated(OpsgateError):
     code = ProblemCode.UNAUTHENTICATED
     status = 401
     title = "Authentication required"
+
+
+class StepUpRequired(OpsgateError):
+    """Authenticated, but the act needs a fresh proof of identity (RFC 9470's idea): a
+    money-moving approval through the API without a valid step-up grant."""
+
+    code = ProblemCode.STEP_UP_REQUIRED
+    status = 401
+    title = "A fresh proof of identity is required"
 
 
 class Forbidden(OpsgateError):

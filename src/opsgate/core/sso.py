@@ -3,7 +3,9 @@ that (issuer, subject) stands for.
 
 The provider is trusted for identity and group membership only; the policy's
 `[identity_provider] group_roles` decides which opsgate roles those groups give. Roles are
-set from the groups at every sign-in (a change is audited as `user.set_roles`); a person
+set from the groups at every sign-in; a change is audited as a role change
+(`user.set_roles`, before and after, `source: oidc`) and moves the user's version like an
+admin's role change, so a pending request about them goes stale; a person
 whose groups give no role is refused (`auth.login`, denied). A new person becomes a new
 user; a username already held by another opsgate account is never taken over.
 """
@@ -16,6 +18,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import flag_modified
 
 from opsgate.core.actors import Origin
 from opsgate.core.audit import AuditEntry, AuditResult, record
@@ -156,6 +159,10 @@ def provision(
         user.roles = [role for role in user.roles if role.role in roles] + [
             UserRole(role=name, granted_at=now) for name in sorted(roles - before)
         ]
+        # Role rows live in another table; mark the user row changed so that its version
+        # moves, as an admin's role change does, and a pending request about this person
+        # (an `admin.assign_role` approved against the old roles) goes stale.
+        flag_modified(user, "display_name")
         session.flush()
         _audit_user(
             session,

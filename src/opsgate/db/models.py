@@ -314,6 +314,25 @@ class ConsoleSession(Base):
     user_agent: Mapped[str | None] = mapped_column(String(512))
 
 
+class StepUpGrant(Base):
+    """A fresh proof of identity for one money-moving approval through the API
+    (core/step_up.py): bound to its user and the bearer token that asked for it, short-lived,
+    used at most once. Only the SHA-256 of its secret is kept."""
+
+    __tablename__ = "step_up_grants"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    credential_id: Mapped[str] = mapped_column(String(40))
+    purpose: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The approval request the grant was spent on.
+    used_for: Mapped[str | None] = mapped_column(String(40))
+
+
 class LoginFailure(Base):
     """A failed (or still running) password check, for throttling guesses per username and
     per IP address. Removed for a username when it signs in; the audit trail keeps the rest."""

@@ -14,7 +14,7 @@ from opsgate.core.webhooks import start_delivery
 from opsgate.logging import configure_logging
 from opsgate.settings import Settings, get_settings
 from opsgate.web import bench, console, problems
-from opsgate.web.api import actions, approvals, audit, controls, health, metrics, search
+from opsgate.web.api import actions, approvals, audit, controls, health, metrics, search, step_up
 from opsgate.web.middleware import RequestContextMiddleware
 from opsgate.web.services import Services
 from opsgate.web.tracing import setup as setup_tracing
@@ -67,7 +67,7 @@ def create_app(
     )
     app.state.services = services
     problems.install(app)
-    for module in (actions, approvals, audit, controls, search, health):
+    for module in (actions, approvals, audit, controls, search, health, step_up):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(metrics.router)  # `/metrics` for scrapers, and under /api/v1
     if settings.bench_endpoints:

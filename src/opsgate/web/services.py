@@ -50,7 +50,12 @@ class Services:
             lock_timeout=timedelta(seconds=settings.idempotency_lock_timeout_seconds),
         )
         gateway = Gateway(db, registry, policy, clock, idempotency, integrations)
-        return cls(settings, db, registry, policy, clock, gateway, Approvals(gateway), integrations)
+        approvals = Approvals(
+            gateway,
+            reauth_after=timedelta(minutes=settings.console_reauth_minutes),
+            fault=settings.fault_injection,
+        )
+        return cls(settings, db, registry, policy, clock, gateway, approvals, integrations)
 
     def record_startup(self) -> None:
         """Audit that this process started and which policy it loaded (PCI DSS 10.2.1.6)."""

@@ -364,3 +364,41 @@ def test_an_unreachable_provider_is_said_plainly(settings: Settings, services: S
     response = b.get("/console/sign-in/oidc")
     assert response.status_code == 502
     assert "could not be reached" in response.text
+
+
+def test_roles_changed_at_sign_in_make_a_pending_role_change_about_them_stale(
+    b: Browser, idp: Provider, services: Services, world: Any
+) -> None:
+    from opsgate.core.actors import Actor, Origin
+    from opsgate.core.errors import StaleApproval
+
+    who = {"sub": "u-4004", "preferred_username": "gina", "name": "Gina"}
+    assert sso_sign_in(b, idp, **who, groups=["support"]).status_code == 303
+    with services.db.reading() as session:
+        gina = find_user(session, "gina")
+        assert gina is not None
+        gina_id = gina.id
+    adam = Actor(id=world.user_ids["adam"], name="Adam", roles=frozenset({"admin"}))
+    ada = Actor(id=world.user_ids["ada"], name="Ada", roles=frozenset({"admin"}))
+    held = services.gateway.submit(
+        adam,
+        "admin.assign_role",
+        {
+            "target": f"user:{gina_id}",
+            "payload": {"role": "risk_reviewer", "operation": "grant"},
+            "reason": "covers the fraud queue",
+        },
+        Origin("grant-gina"),
+    )
+    assert held.status == "pending_approval"
+    # Her groups change at the provider before anyone approves: the request was made about a
+    # support agent, and she is now an auditor. Approving it must not stack a role on that.
+    again = Browser(b.client.app)  # type: ignore[arg-type]
+    assert sso_sign_in(again, idp, **who, groups=["audit"]).status_code == 303
+    [synced] = [r for r in audit_rows(services, action="user.set_roles")][-1:]
+    assert (synced.before, synced.after) == ({"roles": ["support_agent"]}, {"roles": ["auditor"]})
+    assert synced.target == f"user:{gina_id}"
+    assert synced.parameters == {"source": "oidc", "groups": ["audit"]}
+    with pytest.raises(StaleApproval):
+        services.approvals.decide(held.approval_id or "", ada, "approve", "ok", Origin("ok"))
+    assert roles_of(services, "gina") == {"auditor"}

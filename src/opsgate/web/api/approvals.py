@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
@@ -197,16 +198,45 @@ def get_approval(
     return {"request_id": _request_id(request)} | detail(approval, actor, services)
 
 
-@router.post("/approvals/{approval_id}/approve")
+STEP_UP_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {
+        "description": "`unauthenticated` (no valid bearer token), or `step_up_required`: a "
+        "money-moving request and no valid `X-Step-Up` grant (the problem's `step_up` says "
+        "why: `no_grant`, `unknown_grant`, `other_user`, `other_token`, `expired`, `used`). "
+        "Audited; nothing is decided."
+    }
+}
+
+
+@router.post("/approvals/{approval_id}/approve", responses=STEP_UP_RESPONSES)
 async def approve(
     approval_id: str,
     actor: CurrentActor,
     services: ServicesDep,
     origin: OriginDep,
     body: DecisionBody | None = None,
+    x_step_up: Annotated[
+        str | None,
+        Header(
+            max_length=128,
+            description="A step-up grant from `POST /auth/step-up`; required to approve a "
+            "money-moving request, spent by it.",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
+    """Approve; on quorum the request executes at once. A money-moving request needs a
+    step-up grant (`POST /auth/step-up`) in `X-Step-Up`: without a valid one, 401
+    `step_up_required` (audited), and nothing is decided."""
     result = await run_in_threadpool(
-        services.approvals.decide, approval_id, actor, Decision.APPROVE, _comment(body), origin
+        partial(
+            services.approvals.decide,
+            approval_id,
+            actor,
+            Decision.APPROVE,
+            _comment(body),
+            origin,
+            step_up=x_step_up,
+        )
     )
     return _decision_body(result)
 
