@@ -109,8 +109,9 @@ def test_invariants_hold_under_mixed_traffic_and_random_kills(
 ) -> None:
     payments, accounts, customers = _targets(test_db.url)
     notes_before = count_rows(test_db.url, Note)
+    db = Database(test_db.url)
     traffic = Traffic(
-        stack, test_db.world.tokens, test_db.world.user_ids, payments, accounts, customers
+        stack, db, test_db.world.tokens, test_db.world.user_ids, payments, accounts, customers
     )
     killer = Killer(stack, MAX_KILLS)
     clients = [threading.Thread(target=traffic.client, args=(n,)) for n in range(CLIENTS)]
@@ -126,6 +127,7 @@ def test_invariants_hold_under_mixed_traffic_and_random_kills(
         thread.join()
 
     traffic.retry_all()
+    db.dispose()
     _settle(stack, monkeypatch)
     found = check(
         test_db.url, stack.ledger.database_url, traffic.answers, notes_before=notes_before

@@ -18,8 +18,10 @@ from typing import Any
 
 import httpx
 
+from opsgate.db.engine import Database
 from tests.remote_stack import RemoteStack, _spawn, _wait_healthy, opsgate_cli
 from tests.servers import Server
+from tests.step_ups import step_up_header
 
 REQUESTERS = ("alice", "bob", "olga")  # may start payment.reverse
 ADJUSTERS = ("rita", "raj", "olga")  # may start account.adjust_balance
@@ -45,6 +47,7 @@ class Job:
     path: str
     body: dict[str, Any]
     key: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Traffic:
     """Operators and reviewers sending requests to any of the stack's servers until `stop`."""
 
     stack: RemoteStack
+    db: Database
     tokens: dict[str, str]
     user_ids: dict[str, str]
     payments: list[str]
@@ -68,7 +72,7 @@ class Traffic:
         return [server.base_url for server in self.stack.servers]
 
     def send(self, job: Job, base_url: str) -> Answer:
-        headers = {"Authorization": f"Bearer {self.tokens[job.actor]}"}
+        headers = {"Authorization": f"Bearer {self.tokens[job.actor]}"} | job.headers
         if job.key is not None:
             headers["Idempotency-Key"] = job.key
         try:
@@ -170,12 +174,15 @@ class Traffic:
             if not open_ones:
                 return
             chosen = rng.choice(open_ones)
+            # Money approvals need a fresh proof of identity (core/step_up.py).
+            grant = step_up_header(self.db, self.tokens[reviewer])
             self.send(
                 Job(
                     "approve",
                     reviewer,
                     f"/api/v1/approvals/{chosen['id']}/approve",
                     {"comment": "soak: checked"},
+                    headers=grant,
                 ),
                 base_url,
             )
