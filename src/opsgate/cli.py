@@ -132,11 +132,23 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Proxies whose X-Forwarded-For/-Proto are trusted: addresses or networks, "
+            "comma-separated, or '*'. Default: OPSGATE_FORWARDED_ALLOW_IPS, else none.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the API (and console) with uvicorn."""
     import uvicorn
 
     settings = get_settings()
+    trusted = (
+        settings.forwarded_allow_ips if forwarded_allow_ips is None else forwarded_allow_ips
+    ).strip()
+    if not re.fullmatch(r"[0-9A-Fa-f.:/*, ]*", trusted):
+        raise typer.BadParameter("addresses or networks, comma-separated, or '*'")
     try:
         load_policy(settings.policy, build_registry())
     except PolicyError as exc:
@@ -150,6 +162,10 @@ def serve(
         workers=workers,
         access_log=False,
         log_level=settings.log_level.lower(),
+        # Without a trusted proxy, the forwarded headers are ignored (uvicorn would otherwise
+        # believe any caller on 127.0.0.1, and FORWARDED_ALLOW_IPS from the environment).
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or None,
     )
 
 

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     login_window_minutes: int = Field(default=15, ge=1, le=24 * 60)
     # Secure cookies: None follows the request's scheme (HTTPS, as uvicorn sees it).
     cookie_secure: bool | None = None
+    # The proxies (load balancers) whose X-Forwarded-For and X-Forwarded-Proto are believed:
+    # comma-separated addresses or networks, or "*" (docs/operations.md). Empty: none, so a
+    # client's own X-Forwarded-For never changes the address audited and throttled.
+    forwarded_allow_ips: str = Field(default="", pattern=r"^[0-9A-Fa-f.:/*, ]*$")
 
     # --- single sign-on (OpenID Connect; docs/console.md) ---
     # Unset: single sign-on is off and the sign-in page offers only passwords. Set: the
