@@ -109,14 +109,16 @@ def load_credentials(session: Session, username: str) -> StoredCredentials:
 
 
 def check(credentials: StoredCredentials, password: str) -> User | None:
-    """The active user whose password this is, or None. Always runs one verification, against
-    the dummy hash when there is no stored one, so every answer costs the same."""
+    """The active person whose password this is, or None. Always runs one verification,
+    against the dummy hash when there is no stored one, so every answer costs the same.
+    A service account (a machine) never signs in, whatever password it may hold."""
     if credentials.user is None or credentials.password_hash is None:
         verify_password(dummy_hash(), password)
         return None
     if not verify_password(credentials.password_hash, password):
         return None
-    return credentials.user if credentials.user.is_active else None
+    user = credentials.user
+    return user if user.is_active and not user.is_service_account else None
 
 
 def rehash_if_outdated(session: Session, user: User, password: str) -> None:
