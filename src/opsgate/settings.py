@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     login_window_minutes: int = Field(default=15, ge=1, le=24 * 60)
     # Secure cookies: None follows the request's scheme (HTTPS, as uvicorn sees it).
     cookie_secure: bool | None = None
+    # Refused authentications (bad or missing token, unknown session) answered 401 per source
+    # address and minute; past it, 429 (core/auth_refusals.py). Valid credentials still work.
+    auth_refusals_per_minute: int = Field(default=60, ge=1, le=100_000)
     # The proxies (load balancers) whose X-Forwarded-For and X-Forwarded-Proto are believed:
     # comma-separated addresses or networks, or "*" (docs/operations.md). Empty: none, so a
     # client's own X-Forwarded-For never changes the address audited and throttled.

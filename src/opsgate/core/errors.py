@@ -14,6 +14,7 @@ class ProblemCode(StrEnum):
     """Machine-readable `code` of a problem response (DESIGN.md, JSON API contract)."""
 
     UNAUTHENTICATED = "unauthenticated"
+    AUTHENTICATION_RATE_LIMITED = "authentication_rate_limited"
     FORBIDDEN = "forbidden"
     UNKNOWN_ACTION = "unknown_action"
     TARGET_NOT_FOUND = "target_not_found"
@@ -60,6 +61,15 @@ class Unauthenticated(OpsgateError):
     code = ProblemCode.UNAUTHENTICATED
     status = 401
     title = "Authentication required"
+
+
+class AuthenticationRateLimited(OpsgateError):
+    """Too many refused authentications from this address in this minute
+    (core/auth_refusals.py); a valid credential is still accepted."""
+
+    code = ProblemCode.AUTHENTICATION_RATE_LIMITED
+    status = 429
+    title = "Too many refused authentications"
 
 
 class Forbidden(OpsgateError):
