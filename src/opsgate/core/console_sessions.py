@@ -403,7 +403,8 @@ class _Attempt:
 
     def typed(self, session: Session) -> dict[str, Any]:
         """What the trail keeps of the typed username: the username (and target) of a real
-        person; otherwise only its keyed hash and length, since it may be a password."""
+        person; otherwise only its keyed hash (not even its length), since it may be a
+        password typed into the wrong field."""
         name = passwords.normalise_username(self.username)
         user = find_user(session, name)
         if user is not None:
@@ -412,7 +413,6 @@ class _Attempt:
             "parameters": {
                 "username_known": False,
                 "username_hmac": self.username_hash,
-                "username_length": len(name),
             }
         }
 
