@@ -154,3 +154,15 @@ def test_a_service_account_gets_no_console_password(self_service: None) -> None:
     result = invoke("users", "set-password", "prom", "--password-stdin")
     assert result.exit_code == 1
     assert "service account" in stderr_of(result)
+
+
+def test_a_borrowed_login_name_shows_beside_the_real_account(
+    cli_db: TestDatabase, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import pwd
+
+    monkeypatch.setenv("LOGNAME", "someone-else")
+    row = token_row(db, create_token("alice"))
+    real = pwd.getpwuid(os.getuid()).pw_name
+    assert row.created_os_user == f"someone-else (uid {os.getuid()}: {real})"

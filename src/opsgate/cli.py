@@ -362,6 +362,16 @@ def _minter() -> token_service.Minter:
         os_user = getpass.getuser()
     except (KeyError, OSError):
         os_user = "unknown"
+    # getpass.getuser() believes $LOGNAME/$USER first; when the process's real account says
+    # otherwise, both are kept, so a borrowed name shows.
+    try:
+        import pwd
+
+        account = pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError, OSError):
+        account = os_user
+    if account != os_user:
+        os_user = f"{os_user} (uid {os.getuid()}: {account})"
     return token_service.Minter(
         token_service.TokenSource.CLI, os_user=os_user, host=socket.gethostname()
     )
