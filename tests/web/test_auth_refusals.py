@@ -130,3 +130,12 @@ def test_anonymous_console_session_refusals_are_aggregated_too(
     assert statuses.count(303) == 40
     records = refusal_records(services)
     assert len(records) == 1 and counted(records) == 1  # the rest wait in the window's count
+
+
+def test_forged_console_cookies_past_the_limit_get_a_429_page(client: TestClient) -> None:
+    client.cookies.set("opsgate_session", "forged.value", path="/console")
+    for _ in range(LIMIT):
+        assert client.get("/console", follow_redirects=False).status_code == 303
+    page = client.get("/console", follow_redirects=False)
+    assert page.status_code == 429
+    assert "Too many refused sign-ins from this address" in page.text

@@ -151,3 +151,37 @@ def test_a_service_account_cannot_sign_in_even_with_a_password(
 ) -> None:
     set_password("prom", PASSWORD)
     assert browser().sign_in("prom").status_code == 401
+
+
+def test_a_stale_single_sign_on_session_must_sign_in_again_first(
+    browser: Callable[..., Browser], services: Services, clock: FrozenClock
+) -> None:
+    from opsgate.core import console_sessions
+    from opsgate.core.actors import Origin
+    from opsgate.core.console_sessions import SessionRules, SignInMethod
+    from opsgate.web.security import Signing
+
+    with services.db.writing() as session:
+        user = find_user(session, "olga")  # no opsgate password: single sign-on only
+        assert user is not None
+        issued = console_sessions.start_session(
+            session,
+            user,
+            method=SignInMethod.OIDC,
+            origin=Origin("sso-callback"),
+            now=clock.now(),
+            rules=SessionRules(),
+            policy_version=services.policy.version,
+        )
+        session.commit()
+    b = browser()
+    signing: Signing = b.client.app.state.console.signing  # type: ignore[attr-defined]
+    b.client.cookies.set(
+        "opsgate_session", signing.session_cookie(issued.id, issued.secret), path="/console"
+    )
+    assert _SECRET.search(create(b))  # fresh: no step-up
+    clock.advance(timedelta(minutes=16))
+    b.get("/console")
+    assert create(b) == "403"
+    [refused] = audit_rows(services, action="auth.reauth", error_code="no_password")
+    assert refused.actor_id == user.id

@@ -75,8 +75,7 @@ def _page(
         "default_days": services.settings.token_default_ttl_days,
         "reauth_needed": console_sessions.needs_reauth(
             viewer.authenticated_at, now=now, rules=console.rules
-        )
-        and viewer.method == console_sessions.SignInMethod.PASSWORD,
+        ),
         "reauth_minutes": int(console.rules.reauth_after.total_seconds() // 60),
         "issued": issued,
         "values": values or {},
@@ -110,9 +109,9 @@ def _create(
     password: str,
 ) -> token_service.IssuedToken:
     now = services.clock.now()
-    if viewer.method == console_sessions.SignInMethod.PASSWORD and console_sessions.needs_reauth(
-        viewer.authenticated_at, now=now, rules=console.rules
-    ):
+    # A new credential needs a recent proof, as a money-moving approval does (a person
+    # signed in through SSO only is asked to sign in again: reauthenticate says so).
+    if console_sessions.needs_reauth(viewer.authenticated_at, now=now, rules=console.rules):
         console_sessions.reauthenticate(
             services.db,
             viewer.actor,
