@@ -105,3 +105,26 @@ def test_without_a_trusted_proxy_setting_the_proxy_is_one_address(
     for n in range(5):
         assert _sign_in(untrusting, "198.51.100.1", f"nobody{n}", "a wrong guess") == 401
     assert _sign_in(untrusting, "198.51.100.2", "alice", PASSWORD) == 429
+
+
+def test_serve_hands_the_trusted_proxies_to_uvicorn(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from opsgate.cli import app
+    from opsgate.settings import get_settings
+
+    runs: list[dict[str, object]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: runs.append(kwargs))
+    monkeypatch.delenv("OPSGATE_FORWARDED_ALLOW_IPS", raising=False)
+    monkeypatch.delenv("OPSGATE_POLICY", raising=False)
+    get_settings.cache_clear()
+    runner = CliRunner()
+    assert runner.invoke(app, ["serve"]).exit_code == 0
+    assert runner.invoke(app, ["serve", "--forwarded-allow-ips", "10.0.0.0/8"]).exit_code == 0
+    assert runner.invoke(app, ["serve", "--forwarded-allow-ips", "10.0.0.1;x"]).exit_code == 2
+    get_settings.cache_clear()
+    assert [(r["proxy_headers"], r["forwarded_allow_ips"]) for r in runs] == [
+        (False, None),
+        (True, "10.0.0.0/8"),
+    ]
