@@ -127,7 +127,7 @@ def test_token_secret_is_stored_only_as_its_sha256(
             select(AuditRecord).where(AuditRecord.action == "token.create")
         ).one()
     assert audit.target == f"user:{world.user_ids['rita']}"
-    assert audit.parameters == {"token_id": row.id}
+    assert audit.parameters is not None and audit.parameters["token_id"] == row.id
 
 
 def test_token_expiry_defaults_and_can_be_set(cli_db: TestDatabase, db: Database) -> None:

@@ -6,6 +6,7 @@ import getpass
 import json
 import os
 import re
+import socket
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -133,11 +134,23 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Proxies whose X-Forwarded-For/-Proto are trusted: addresses or networks, "
+            "comma-separated, or '*'. Default: OPSGATE_FORWARDED_ALLOW_IPS, else none.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the API (and console) with uvicorn."""
     import uvicorn
 
     settings = get_settings()
+    trusted = (
+        settings.forwarded_allow_ips if forwarded_allow_ips is None else forwarded_allow_ips
+    ).strip()
+    if not re.fullmatch(r"[0-9A-Fa-f.:/*, ]*", trusted):
+        raise typer.BadParameter("addresses or networks, comma-separated, or '*'")
     try:
         registry = build_registry()
         load_policy(settings.policy, registry)
@@ -154,6 +167,10 @@ def serve(
         workers=workers,
         access_log=False,
         log_level=settings.log_level.lower(),
+        # Without a trusted proxy, the forwarded headers are ignored (uvicorn would otherwise
+        # believe any caller on 127.0.0.1, and FORWARDED_ALLOW_IPS from the environment).
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or None,
     )
 
 
@@ -181,6 +198,13 @@ def demo_seed_command(
     ] = False,
 ) -> None:
     """Create demo users and data (200 customers, 300 accounts, 1,000 payments)."""
+    if with_tokens and get_settings().tokens_are_self_service:
+        err.print(
+            "self-service tokens are on: people create their own tokens in the console, so "
+            "demo seed --tokens is refused",
+            style="red",
+        )
+        raise typer.Exit(2)
     db = _database()
     clock = SystemClock()
     issued: list[tuple[str, str, str]] = []
@@ -233,8 +257,16 @@ def users_create(
     username: str,
     role: Annotated[list[str], typer.Option("--role", help="A role from the policy; repeatable.")],
     name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    service_account: Annotated[
+        bool,
+        typer.Option(
+            "--service-account",
+            help="A machine (e.g. a metrics scraper), not a person: it gets API tokens from "
+            "the CLI and never signs in to the console.",
+        ),
+    ] = False,
 ) -> None:
-    """Create an operator with one or more roles."""
+    """Create an operator (or a service account) with one or more roles."""
     policy = load_policy(get_settings().policy, build_registry())
     unknown = sorted(set(role) - set(policy.roles()))
     if unknown:
@@ -249,10 +281,23 @@ def users_create(
             err.print(f"[red]user {username} already exists[/red]")
             raise typer.Exit(1)
         try:
-            user = ensure_user(session, username, name or username, tuple(role), now=now)
+            user = ensure_user(
+                session,
+                username,
+                name or username,
+                tuple(role),
+                now=now,
+                service_account=service_account,
+            )
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="USERNAME") from exc
-        _audit_credential(session, "user.create", user.id, None, {"roles": sorted(role)})
+        _audit_credential(
+            session,
+            "user.create",
+            user.id,
+            None,
+            {"roles": sorted(role), "service_account": service_account},
+        )
         session.commit()
         typer.echo(user.id)
     db.dispose()
@@ -282,6 +327,9 @@ def users_set_password(
     now = SystemClock().now()
     with db.writing() as session:
         user = _user_or_exit(session, username)
+        if user.is_service_account:
+            err.print(f"[red]{username} is a service account: it never signs in[/red]")
+            raise typer.Exit(1)
         try:
             passwords.set_password(session, user, password, now=now)
         except passwords.WeakPassword as exc:
@@ -312,28 +360,133 @@ def users_sign_out(username: str) -> None:
     err.print(f"{ended} console session(s) of {username} ended")
 
 
+def _minter() -> token_service.Minter:
+    try:
+        os_user = getpass.getuser()
+    except (KeyError, OSError):
+        os_user = "unknown"
+    # getpass.getuser() believes $LOGNAME/$USER first; when the process's real account says
+    # otherwise, both are kept, so a borrowed name shows.
+    try:
+        import pwd
+
+        account = pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError, OSError):
+        account = os_user
+    if account != os_user:
+        os_user = f"{os_user} (uid {os.getuid()}: {account})"
+    return token_service.Minter(
+        token_service.TokenSource.CLI, os_user=os_user, host=socket.gethostname()
+    )
+
+
 @tokens_app.command("create")
 def tokens_create(
     username: str,
     expires_in: Annotated[str | None, typer.Option(help="Lifetime: 30m, 12h, 90d.")] = None,
     name: Annotated[str, typer.Option(help="What the token is for.")] = "cli",
 ) -> None:
-    """Issue an API token for USERNAME. The token is the last line of output, shown once."""
+    """Issue an API token for USERNAME. The token is the last line of output, shown once.
+
+    With self-service tokens on (OPSGATE_SELF_SERVICE_TOKENS), only for a service account:
+    people create their own in the console. Always audited with the OS user and host, and
+    announced to the token's owner."""
+    settings = get_settings()
     ttl = (
         _parse_duration(expires_in)
         if expires_in
-        else timedelta(days=get_settings().token_default_ttl_days)
+        else timedelta(days=settings.token_default_ttl_days)
     )
+    registry = build_registry()
+    policy = load_policy(settings.policy, registry)
+    integrations = load_integrations(settings.integrations, registry)
+    minter = _minter()
     db = _database()
     now = SystemClock().now()
     with db.writing() as session:
         user = _user_or_exit(session, username, active=True)
-        token = token_service.issue_token(session, user, name=name, now=now, ttl=ttl)
-        _audit_credential(session, "token.create", user.id, token.id)
+        roles = user.role_names()
+        try:
+            token_service.check_cli_issue(
+                user,
+                self_service=settings.tokens_are_self_service,
+                approves=any(policy.may_approve(roles, action) for action in registry.names()),
+            )
+        except token_service.CliTokenRefused as exc:
+            _audit_credential(
+                session,
+                "token.create",
+                user.id,
+                None,
+                {"os_user": minter.os_user, "host": minter.host},
+                refusal=exc,
+            )
+            session.commit()
+            db.dispose()
+            err.print(exc.message, style="red", markup=False)
+            raise typer.Exit(1) from exc
+        token = token_service.create_token(
+            session,
+            user,
+            name=name,
+            ttl=ttl,
+            minter=minter,
+            actor=_cli_actor(),
+            origin=_cli_origin(),
+            integrations=integrations,
+            policy_version=policy.version,
+            now=now,
+        )
         session.commit()
     db.dispose()
     err.print(f"token {token.id} for {username}, expires {token.expires_at.isoformat()}")
     typer.echo(token.secret)
+
+
+@tokens_app.command("list")
+def tokens_list(
+    user: Annotated[str | None, typer.Option("--user", help="Only this user's tokens.")] = None,
+) -> None:
+    """List API tokens (never their secrets): owner, name, how and where each was created,
+    expiry, last use and revocation."""
+    db = _database()
+    now = SystemClock().now()
+    with db.reading() as session:
+        owner = _user_or_exit(session, user) if user else None
+        rows = token_service.tokens_of(session, owner.id if owner else None)
+        table = Table(title="API tokens", show_lines=False)
+        for column in (
+            "id",
+            "user",
+            "name",
+            "hint",
+            "created",
+            "by",
+            "expires",
+            "last used",
+            "state",
+        ):
+            table.add_column(column)
+        for row in rows:
+            by = row.created_via or "?"
+            if row.created_via == token_service.TokenSource.CLI:
+                by = f"cli: {row.created_os_user}@{row.created_host}"
+            state = (
+                "revoked" if row.revoked_at else "expired" if row.expires_at <= now else "active"
+            )
+            table.add_row(
+                row.id,
+                row.user.username,
+                row.name,
+                row.hint + "…",
+                row.created_at.isoformat(timespec="seconds"),
+                by,
+                row.expires_at.isoformat(timespec="seconds"),
+                row.last_used_at.isoformat(timespec="seconds") if row.last_used_at else "never",
+                state,
+            )
+    db.dispose()
+    Console(width=200).print(table)
 
 
 @tokens_app.command("revoke")
@@ -837,14 +990,18 @@ def _audit_credential(
     user_id: str,
     token_id: str | None,
     parameters: dict[str, object] | None = None,
+    *,
+    refusal: token_service.CliTokenRefused | None = None,
 ) -> None:
     record(
         session,
         AuditEntry(
             action=action,
-            result=AuditResult.SUCCEEDED,
+            result=AuditResult.DENIED if refusal else AuditResult.SUCCEEDED,
             target=f"user:{user_id}",
             parameters={"token_id": token_id, **(parameters or {})} if token_id else parameters,
+            error_code=refusal.reason if refusal else None,
+            error_message=refusal.message if refusal else None,
         ),
         actor=_cli_actor(),
         origin=_cli_origin(),

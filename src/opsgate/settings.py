@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     # JSON lines for machines; `console` renders them for a human at a terminal.
     log_format: str = Field(default="json", pattern="^(json|console)$")
     token_default_ttl_days: int = Field(default=30, ge=1, le=365)
+    # People mint their own API tokens in the console, and the CLI mints only for service
+    # accounts (core/tokens.py). Unset: on exactly when OPSGATE_SECRET_KEY is set, which every
+    # production deployment must do (docs/console.md); off for `make run` and the tests.
+    self_service_tokens: bool | None = None
     # How long a stored idempotent answer is replayed (then `opsgate idempotency prune`).
     idempotency_retention_hours: int = Field(default=24, ge=1, le=24 * 30)
     # Audit records younger than this are never archived (PCI DSS 10.5.1: 12 months, plus a
@@ -82,6 +86,13 @@ class Settings(BaseSettings):
     login_window_minutes: int = Field(default=15, ge=1, le=24 * 60)
     # Secure cookies: None follows the request's scheme (HTTPS, as uvicorn sees it).
     cookie_secure: bool | None = None
+    # Refused authentications (bad or missing token, unknown session) answered 401 per source
+    # address and minute; past it, 429 (core/auth_refusals.py). Valid credentials still work.
+    auth_refusals_per_minute: int = Field(default=60, ge=1, le=100_000)
+    # The proxies (load balancers) whose X-Forwarded-For and X-Forwarded-Proto are believed:
+    # comma-separated addresses or networks, or "*" (docs/operations.md). Empty: none, so a
+    # client's own X-Forwarded-For never changes the address audited and throttled.
+    forwarded_allow_ips: str = Field(default="", pattern=r"^[0-9A-Fa-f.:/*, ]*$")
 
     # --- single sign-on (OpenID Connect; docs/console.md) ---
     # Unset: single sign-on is off and the sign-in page offers only passwords. Set: the
@@ -92,6 +103,13 @@ class Settings(BaseSettings):
     # The ID token claim that lists the person's groups (mapped to roles by the policy's
     # `[identity_provider] group_roles`).
     oidc_groups_claim: str = Field(default="groups", min_length=1)
+
+    @property
+    def tokens_are_self_service(self) -> bool:
+        """Whether `self_service_tokens` is on, its default resolved."""
+        if self.self_service_tokens is not None:
+            return self.self_service_tokens
+        return self.secret_key is not None
 
     @model_validator(mode="after")
     def _oidc_complete(self) -> Settings:

@@ -28,6 +28,7 @@ from opsgate.core.actors import Actor, Origin
 from opsgate.core.audit import AuditEntry, AuditResult, record
 from opsgate.core.ids import new_id
 from opsgate.core.passwords import Throttle
+from opsgate.core.users import find_user
 from opsgate.db.engine import Database
 from opsgate.db.models import ConsoleSession, User, UserPassword, UserRole
 
@@ -396,15 +397,35 @@ class _Attempt:
             **fields,
         )
 
+    @property
+    def username_hash(self) -> str:
+        return passwords.typed_username_hash(self.username, self.rules.throttle.key)
+
+    def typed(self, session: Session) -> dict[str, Any]:
+        """What the trail keeps of the typed username: the username (and target) of a real
+        person; otherwise only its keyed hash (not even its length), since it may be a
+        password typed into the wrong field."""
+        name = passwords.normalise_username(self.username)
+        user = find_user(session, name)
+        if user is not None:
+            return {"target": f"user:{user.id}", "parameters": {"username": name}}
+        return {
+            "parameters": {
+                "username_known": False,
+                "username_hmac": self.username_hash,
+            }
+        }
+
     def failures(self, session: Session) -> passwords.Attempts:
         return passwords.count_failures(
-            session, self.username, self.origin.ip, self.rules.throttle, now=self.now
+            session, self.username_hash, self.origin.ip, self.rules.throttle, now=self.now
         )
 
     def begin(self) -> passwords.StoredCredentials:
-        """Refuse (audited) when throttled; otherwise count the attempt, read credentials."""
-        typed = {"username": passwords.normalise_username(self.username)}
+        """Refuse (audited) when throttled; otherwise count the attempt, read credentials.
+        Serialised per username and address, so no more than the limit get past the count."""
         with self.db.writing() as session:
+            passwords.hold_attempts(session, self.username_hash, self.origin.ip)
             if self.failures(session).locked(self.rules.throttle):
                 message = _throttled_message(self.rules)
                 self.audit(
@@ -412,23 +433,21 @@ class _Attempt:
                     AuditResult.DENIED,
                     error_code="throttled",
                     message=message,
-                    parameters=typed,
+                    **self.typed(session),
                 )
                 session.commit()
                 raise SignInRefused("throttled", message)
             passwords.prune_failures(session, self.rules.throttle, now=self.now)
-            passwords.record_attempt(session, self.username, self.origin.ip, now=self.now)
+            passwords.record_attempt(session, self.username_hash, self.origin.ip, now=self.now)
             credentials = passwords.load_credentials(session, self.username)
             session.commit()
             return credentials
 
     def refuse(self, reason: str, message: str) -> SignInRefused:
         """Audit a failed check, and the lock it causes when it was the last one allowed."""
-        typed = {"username": passwords.normalise_username(self.username)}
         with self.db.writing() as session:
-            self.audit(
-                session, AuditResult.DENIED, error_code=reason, message=message, parameters=typed
-            )
+            typed = self.typed(session)
+            self.audit(session, AuditResult.DENIED, error_code=reason, message=message, **typed)
             attempts = self.failures(session)
             if attempts.locked(self.rules.throttle):
                 self.audit(
@@ -436,12 +455,12 @@ class _Attempt:
                     AuditResult.DENIED,
                     error_code="locked",
                     message=_throttled_message(self.rules),
-                    parameters=typed,
                     outcome={
                         "failures_for_username": attempts.by_username,
                         "failures_from_ip": attempts.by_ip,
                         "window_seconds": int(self.rules.throttle.window.total_seconds()),
                     },
+                    **typed,
                 )
             session.commit()
         return SignInRefused(reason, message)
@@ -469,7 +488,7 @@ def sign_in_with_password(
     if user is None:
         raise attempt.refuse("bad_credentials", "The username or password is not right.")
     with db.writing() as session:
-        passwords.forget_failures(session, username)
+        passwords.forget_failures(session, attempt.username_hash)
         passwords.rehash_if_outdated(session, user, password)
         if replaces:
             end_session(session, replaces, SessionEnd.REPLACED, now=now)
@@ -511,7 +530,7 @@ def reauthenticate(
     if passwords.check(attempt.begin(), password) is None:
         raise attempt.refuse("bad_credentials", "That password is not right.")
     with db.writing() as session:
-        passwords.forget_failures(session, username)
+        passwords.forget_failures(session, attempt.username_hash)
         session.execute(
             update(ConsoleSession)
             .where(ConsoleSession.id == actor.credential_id)

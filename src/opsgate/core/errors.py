@@ -15,6 +15,7 @@ class ProblemCode(StrEnum):
 
     UNAUTHENTICATED = "unauthenticated"
     STEP_UP_REQUIRED = "step_up_required"
+    AUTHENTICATION_RATE_LIMITED = "authentication_rate_limited"
     FORBIDDEN = "forbidden"
     UNKNOWN_ACTION = "unknown_action"
     TARGET_NOT_FOUND = "target_not_found"
@@ -70,6 +71,15 @@ class StepUpRequired(OpsgateError):
     code = ProblemCode.STEP_UP_REQUIRED
     status = 401
     title = "A fresh proof of identity is required"
+
+
+class AuthenticationRateLimited(OpsgateError):
+    """Too many refused authentications from this address in this minute
+    (core/auth_refusals.py); a valid credential is still accepted."""
+
+    code = ProblemCode.AUTHENTICATION_RATE_LIMITED
+    status = 429
+    title = "Too many refused authentications"
 
 
 class Forbidden(OpsgateError):

@@ -40,9 +40,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from opsgate.core.registry import Registry
 from opsgate.core.signing import MIN_SECRET_LENGTH
 
-WEBHOOK_EVENTS = frozenset(
+# What a subscription without `events` gets: the approval events.
+DEFAULT_WEBHOOK_EVENTS = frozenset(
     {"approval.requested", "approval.decided", "approval.executed", "approval.expired"}
 )
+# Only when listed: a new API token, announced to its owner (core/tokens.py); its body has
+# `token` and `user` instead of `approval`, so receivers of approvals are not surprised.
+WEBHOOK_EVENTS = DEFAULT_WEBHOOK_EVENTS | {"token.created"}
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
@@ -94,7 +98,7 @@ class BackendDocument(_Strict):
 
 class WebhookDocument(_Strict):
     url: str
-    events: list[str] = Field(default_factory=lambda: sorted(WEBHOOK_EVENTS), min_length=1)
+    events: list[str] = Field(default_factory=lambda: sorted(DEFAULT_WEBHOOK_EVENTS), min_length=1)
     format: Literal["json", "slack"] = "json"
     secret_env: str | None = Field(default=None, pattern=_ENV_NAME.pattern)
     timeout_seconds: float = Field(default=5.0, gt=0, le=60)

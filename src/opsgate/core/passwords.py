@@ -5,18 +5,26 @@ hand. A check for an unknown username, or for someone with no local password, st
 against a dummy hash, so that the answer takes as long as a real one and says nothing about
 which usernames exist. Guessing is throttled per username and per IP address: after
 `Throttle.max_failures` failures within `Throttle.window`, further attempts are refused until
-the window has passed.
+the window has passed. Counting, checking and recording an attempt are serialised per
+username and per address (`hold_attempts`), so parallel guesses cannot outrun the count.
+
+What was typed as a username may be a password typed into the wrong field, so it is kept
+only as a keyed hash (`typed_username_hash`, keyed by `Throttle.key`): the throttle counts by
+it, and the audit trail names it only when it is the username of a real person.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
 from opsgate.core.ids import new_id
@@ -101,14 +109,16 @@ def load_credentials(session: Session, username: str) -> StoredCredentials:
 
 
 def check(credentials: StoredCredentials, password: str) -> User | None:
-    """The active user whose password this is, or None. Always runs one verification, against
-    the dummy hash when there is no stored one, so every answer costs the same."""
+    """The active person whose password this is, or None. Always runs one verification,
+    against the dummy hash when there is no stored one, so every answer costs the same.
+    A service account (a machine) never signs in, whatever password it may hold."""
     if credentials.user is None or credentials.password_hash is None:
         verify_password(dummy_hash(), password)
         return None
     if not verify_password(credentials.password_hash, password):
         return None
-    return credentials.user if credentials.user.is_active else None
+    user = credentials.user
+    return user if user.is_active and not user.is_service_account else None
 
 
 def rehash_if_outdated(session: Session, user: User, password: str) -> None:
@@ -125,6 +135,30 @@ def rehash_if_outdated(session: Session, user: User, password: str) -> None:
 class Throttle:
     max_failures: int = 5
     window: timedelta = timedelta(minutes=15)
+    # Keys the hash a typed username is kept as. The console derives it from the secret key,
+    # so every process of a deployment counts the same username alike; the default (a fresh
+    # random key) only serves code that never counts.
+    key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+
+
+def typed_username_hash(typed: str, key: bytes) -> str:
+    """The keyed hash (HMAC-SHA256, hex) a typed username is counted and kept as."""
+    return hmac.new(key, normalise_username(typed).encode(), hashlib.sha256).hexdigest()
+
+
+def hold_attempts(session: Session, username_hash: str, ip: str | None) -> None:
+    """Serialise attempts on this username and from this address until `session` ends.
+
+    PostgreSQL: transaction-scoped advisory locks, taken in one order (no deadlock). SQLite
+    needs none: a write session holds the single writer lock (`BEGIN IMMEDIATE`).
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    keys = sorted({f"opsgate.login.username:{username_hash}", f"opsgate.login.ip:{ip or ''}"})
+    for key in keys:
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key}
+        )
 
 
 @dataclass(frozen=True)
@@ -139,13 +173,14 @@ class Attempts:
 
 
 def count_failures(
-    session: Session, username: str, ip: str | None, throttle: Throttle, *, now: datetime
+    session: Session, username_hash: str, ip: str | None, throttle: Throttle, *, now: datetime
 ) -> Attempts:
+    """Failures within the window for this (hashed) username and from this address."""
     since = now - throttle.window
     by_username = session.scalar(
         select(func.count())
         .select_from(LoginFailure)
-        .where(LoginFailure.username == normalise_username(username))
+        .where(LoginFailure.username == username_hash)
         .where(LoginFailure.occurred_at > since)
     )
     by_ip = (
@@ -161,21 +196,17 @@ def count_failures(
     return Attempts(int(by_username or 0), int(by_ip or 0))
 
 
-def record_attempt(session: Session, username: str, ip: str | None, *, now: datetime) -> str:
+def record_attempt(session: Session, username_hash: str, ip: str | None, *, now: datetime) -> str:
     """Count an attempt as a failure before its password is checked, so that parallel
     guesses cannot outrun the throttle; `forget_failures` removes it on success."""
-    attempt = LoginFailure(
-        id=new_id("lgf"), username=normalise_username(username), ip=ip, occurred_at=now
-    )
+    attempt = LoginFailure(id=new_id("lgf"), username=username_hash, ip=ip, occurred_at=now)
     session.add(attempt)
     return attempt.id
 
 
-def forget_failures(session: Session, username: str) -> None:
+def forget_failures(session: Session, username_hash: str) -> None:
     """A successful sign-in clears its username's failures (not its address's)."""
-    session.execute(
-        delete(LoginFailure).where(LoginFailure.username == normalise_username(username))
-    )
+    session.execute(delete(LoginFailure).where(LoginFailure.username == username_hash))
 
 
 def prune_failures(session: Session, throttle: Throttle, *, now: datetime) -> None:

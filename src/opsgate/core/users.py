@@ -19,9 +19,16 @@ def find_user(session: Session, username: str) -> User | None:
 
 
 def ensure_user(
-    session: Session, username: str, display_name: str, roles: tuple[str, ...], *, now: datetime
+    session: Session,
+    username: str,
+    display_name: str,
+    roles: tuple[str, ...],
+    *,
+    now: datetime,
+    service_account: bool = False,
 ) -> User:
-    """Return the user named `username`, creating it with `roles` when it does not exist."""
+    """Return the user named `username`, creating it with `roles` when it does not exist
+    (a service account, a machine rather than a person, when asked)."""
     if not _USERNAME.fullmatch(username):
         raise ValueError("usernames are 2-64 characters of a-z, 0-9, '.', '_' or '-'")
     user = find_user(session, username)
@@ -31,6 +38,7 @@ def ensure_user(
             username=username,
             display_name=display_name,
             is_active=True,
+            is_service_account=service_account,
             created_at=now,
             roles=[UserRole(role=role, granted_at=now) for role in sorted(set(roles))],
         )

@@ -16,6 +16,7 @@ _TITLES = {
     "approval.decided": "Approval decision",
     "approval.executed": "Approved action executed",
     "approval.expired": "Approval request expired",
+    "token.created": "API token created",
 }
 _VERBS = {"approve": "approved", "reject": "rejected"}
 MAX_FIELD_LENGTH = 300
@@ -56,6 +57,15 @@ def headline(event: Mapping[str, Any]) -> str:
         return f"{what} {(approval.get('execution') or {}).get('status', approval.get('status'))}"
     if kind == "approval.expired":
         return f"{what} expired before it ran"
+    if kind == "token.created":
+        token: Mapping[str, Any] = event.get("token") or {}
+        owner = (event.get("user") or {}).get("name")
+        if token.get("created_via") == "cli":
+            return (
+                f"An API token for {owner} was created by CLI on host {token.get('host')} "
+                f"by OS user {token.get('os_user')}"
+            )
+        return f"{owner} created an API token in the console"
     return f"{kind}: {what}"
 
 
@@ -65,14 +75,18 @@ def slack_message(event: Mapping[str, Any]) -> dict[str, Any]:
     title = _TITLES.get(str(event.get("type")), str(event.get("type")))
     line = headline(event)
     link = (event.get("links") or {}).get("console")
-    fields = [
-        ("Action", approval.get("action")),
-        ("Target", approval.get("target")),
-        ("Requested by", (approval.get("requester") or {}).get("name")),
-        ("Status", approval.get("status")),
-        ("Approvals", f"{approval.get('approvals')} of {approval.get('quorum')}"),
-        ("Reason", approval.get("reason")),
-    ]
+    fields = (
+        []
+        if not approval
+        else [
+            ("Action", approval.get("action")),
+            ("Target", approval.get("target")),
+            ("Requested by", (approval.get("requester") or {}).get("name")),
+            ("Status", approval.get("status")),
+            ("Approvals", f"{approval.get('approvals')} of {approval.get('quorum')}"),
+            ("Reason", approval.get("reason")),
+        ]
+    )
     comment = (approval.get("decision") or {}).get("comment")
     if comment:
         fields.append(("Comment", comment))
@@ -84,14 +98,20 @@ def slack_message(event: Mapping[str, Any]) -> dict[str, Any]:
             "type": "section",
             "text": {"type": "mrkdwn", "text": f"*{_escape(title)}*\n{_escape(line)}"},
         },
-        {
-            "type": "section",
-            "fields": [
-                {"type": "mrkdwn", "text": f"*{name}*\n{_escape(value)}"}
-                for name, value in fields
-                if value is not None
-            ],
-        },
+        *(
+            [
+                {
+                    "type": "section",
+                    "fields": [
+                        {"type": "mrkdwn", "text": f"*{name}*\n{_escape(value)}"}
+                        for name, value in fields
+                        if value is not None
+                    ],
+                }
+            ]
+            if fields
+            else []
+        ),
         {
             "type": "context",
             "elements": [{"type": "mrkdwn", "text": f"request {_escape(event.get('request_id'))}"}],

@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from opsgate.db.base import Base, JSONType, UTCDateTime
@@ -20,6 +29,9 @@ class User(Base):
     username: Mapped[str] = mapped_column(String(64), unique=True)
     display_name: Mapped[str] = mapped_column(String(200))
     is_active: Mapped[bool] = mapped_column(default=True)
+    # A machine (e.g. the Prometheus scraper), not a person: it never signs in to the console,
+    # so its API tokens come from the CLI (core/tokens.py `check_cli_issue`).
+    is_service_account: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     version: Mapped[int] = mapped_column(default=1, server_default="1")
 
@@ -62,6 +74,11 @@ class ApiToken(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # `console` (the person, signed in) or `cli` (someone with shell access; then who, where).
+    # Empty on tokens created before this was recorded.
+    created_via: Mapped[str | None] = mapped_column(String(16))
+    created_os_user: Mapped[str | None] = mapped_column(String(200))
+    created_host: Mapped[str | None] = mapped_column(String(255))
 
     user: Mapped[User] = relationship(lazy="joined")
 
@@ -348,6 +365,19 @@ class LoginFailure(Base):
         Index("ix_login_failures_username_time", "username", "occurred_at"),
         Index("ix_login_failures_ip_time", "ip", "occurred_at"),
     )
+
+
+class AuthRefusalWindow(Base):
+    """Refused authentications from one source address in one minute (core/auth_refusals.py):
+    counted here instead of one audit record each; `audited` is how many of them audit
+    records already account for."""
+
+    __tablename__ = "auth_refusal_windows"
+
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True, index=True)
+    refusals: Mapped[int] = mapped_column(Integer)
+    audited: Mapped[int] = mapped_column(Integer)
 
 
 class UserIdentity(Base):

@@ -145,6 +145,8 @@ DEMO_USERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("audrey", "Audrey Blake", ("auditor",)),
     ("prom", "Prometheus", ("monitor",)),
 )
+# Machines, not people: they get API tokens from the CLI, and never sign in to the console.
+DEMO_SERVICE_ACCOUNTS = frozenset({"prom"})
 
 
 @dataclass
@@ -160,7 +162,10 @@ class SeedSummary:
 
 
 def seed_users(session: Session, now: datetime) -> list[User]:
-    return [ensure_user(session, u, name, roles, now=now) for u, name, roles in DEMO_USERS]
+    return [
+        ensure_user(session, u, name, roles, now=now, service_account=u in DEMO_SERVICE_ACCOUNTS)
+        for u, name, roles in DEMO_USERS
+    ]
 
 
 def seed(

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from opsgate import __version__
+from opsgate.core.auth_refusals import RefusalFlushLoop
 from opsgate.core.metrics import mark_process_dead
 from opsgate.core.reconcile import ReconcileLoop
 from opsgate.core.webhooks import start_delivery
@@ -15,6 +16,7 @@ from opsgate.logging import configure_logging
 from opsgate.settings import Settings, get_settings
 from opsgate.web import bench, console, problems
 from opsgate.web.api import actions, approvals, audit, controls, health, metrics, search, step_up
+from opsgate.web.deps import refusals_of
 from opsgate.web.middleware import RequestContextMiddleware
 from opsgate.web.services import Services
 from opsgate.web.tracing import setup as setup_tracing
@@ -47,7 +49,10 @@ def create_app(
         if services.integrations.backends and settings.reconcile_interval_seconds:
             reconciling = ReconcileLoop(services.gateway, settings.reconcile_interval_seconds)
             reconciling.start()
+        refusals = RefusalFlushLoop(refusals_of(services))  # core/auth_refusals.py
+        refusals.start()
         yield
+        refusals.stop()
         if reconciling is not None:
             reconciling.stop()
         if delivery is not None:

@@ -9,7 +9,8 @@ from fastapi import Depends, Request
 from opsgate.core import tokens
 from opsgate.core.actors import Actor, Origin
 from opsgate.core.audit import AuditEntry, AuditResult
-from opsgate.core.errors import Unauthenticated
+from opsgate.core.auth_refusals import Refusals
+from opsgate.core.errors import AuthenticationRateLimited, Unauthenticated
 from opsgate.core.policy import Capability
 from opsgate.web.services import Services
 
@@ -45,24 +46,33 @@ def _bearer(request: Request) -> str | None:
     return secret.strip() or None if scheme.lower() == "bearer" else None
 
 
+def refusals_of(services: Services) -> Refusals:
+    """Where refused authentications are counted and audited (per source and minute)."""
+    return Refusals(services.gateway, services.settings.auth_refusals_per_minute)
+
+
 def authenticate(request: Request, services: Services, origin: Origin) -> Actor:
-    """Authenticate the bearer token; an unknown, expired or revoked one is audited and 401.
-    Blocking: call it from a worker thread."""
+    """Authenticate the bearer token; an unknown, expired or revoked one is 401, counted and
+    audited per source and minute, and 429 past the limit. Blocking: call it from a worker
+    thread."""
     now = services.clock.now()
     try:
         with services.db.reading() as session:
             auth = tokens.authenticate(session, _bearer(request), now=now)
     except Unauthenticated as exc:
-        services.gateway.audit_refusal(
-            exc,
-            AuditEntry(
-                action="auth.token",
-                result=AuditResult.DENIED,
-                parameters={"method": request.method, "path": request.url.path},
-            ),
-            None,
-            origin,
+        refusal = AuditEntry(
+            action="auth.token",
+            result=AuditResult.DENIED,
+            parameters={"method": request.method, "path": request.url.path[:200]},
+            error_code=exc.code.value,
+            error_message=exc.detail,
         )
+        # Counted per source and minute, not one audit record each (core/auth_refusals.py).
+        if refusals_of(services).refuse(refusal, origin):
+            raise AuthenticationRateLimited(
+                "Too many refused authentications from this address; wait a minute.",
+                extra={"retry_after_seconds": 60},
+            ) from exc
         raise
     if auth.needs_touch and auth.actor.credential_id:
         with services.db.writing() as session:

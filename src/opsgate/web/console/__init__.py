@@ -21,6 +21,7 @@ from opsgate.web.console import (
     metrics,
     oidc,
     sign_in,
+    tokens,
 )
 from opsgate.web.console.auth import csrf_protect
 from opsgate.web.console.state import STATIC, ConsoleState
@@ -32,7 +33,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     CSRF on unsafe methods: the dependency is attached here, once, to all of them."""
     app.state.console = ConsoleState.build(settings)
     oidc.install(app, settings)
-    for module in (sign_in, oidc, home, customers, actions, approvals, audit, metrics):
+    for module in (sign_in, oidc, home, customers, actions, approvals, audit, metrics, tokens):
         app.include_router(
             module.router,
             prefix="/console",

@@ -20,12 +20,12 @@ from opsgate.core import console_sessions
 from opsgate.core.actors import Actor
 from opsgate.core.audit import AuditEntry, AuditResult
 from opsgate.core.console_sessions import IssuedSession, SessionRefused, SignInMethod
-from opsgate.core.errors import Forbidden, OpsgateError
+from opsgate.core.errors import AuthenticationRateLimited, Forbidden, OpsgateError
 from opsgate.core.policy import Capability
 from opsgate.db.models import User
 from opsgate.web.console.rendering import error_page
 from opsgate.web.console.state import ConsoleDep, ConsoleState
-from opsgate.web.deps import OriginDep, ServicesDep, origin_of
+from opsgate.web.deps import OriginDep, ServicesDep, origin_of, refusals_of
 from opsgate.web.security import (
     CSRF_FIELD,
     PRESESSION_COOKIE,
@@ -90,6 +90,21 @@ def current_viewer(
                 )
         except SessionRefused as exc:
             refusal = exc
+    if refusal is not None and refusal.actor is None:
+        # A cookie that names no session: anyone can send these, so they are counted per
+        # source and minute like bad tokens (core/auth_refusals.py), not audited one by one.
+        entry = AuditEntry(
+            action=console_sessions.AuthAction.SESSION,
+            result=AuditResult.DENIED,
+            error_code=refusal.reason,
+            error_message=refusal.message,
+            parameters={"path": request.url.path[:200]},
+        )
+        if refusals_of(services).refuse(entry, origin):
+            raise AuthenticationRateLimited(
+                "Too many refused sign-ins from this address; wait a minute and sign in again."
+            )
+        raise SignInRequired(refusal.reason)
     if refusal is not None:
         console_sessions.refuse(
             services.db,

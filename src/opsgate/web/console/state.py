@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -62,9 +64,17 @@ class ConsoleState:
             throttle=Throttle(
                 max_failures=settings.login_max_failures,
                 window=timedelta(minutes=settings.login_window_minutes),
+                key=derived_key(settings, "opsgate.console.typed-username"),
             ),
         )
         return cls(Signing(secret_keys(settings)), templates(), rules, settings.cookie_secure)
+
+
+def derived_key(settings: Settings, purpose: str) -> bytes:
+    """A key for one purpose, derived from the current secret key (so one secret serves
+    every purpose without any two sharing a key)."""
+    current = secret_keys(settings)[-1].encode()
+    return hmac.new(current, purpose.encode(), hashlib.sha256).digest()
 
 
 def get_console(request: Request) -> ConsoleState:
