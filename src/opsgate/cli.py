@@ -9,7 +9,7 @@ import re
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -105,6 +105,24 @@ def _database() -> Database:
     return Database(get_settings().database_url)
 
 
+def _refuse(exc: audit_chain.RecordBeyondHead) -> NoReturn:
+    err.print(f"refused: {exc}", style="red", markup=False)
+    raise typer.Exit(2)
+
+
+def _refuse_if_beyond_head() -> None:
+    """Exit 2 with the planted record's name when nothing could be recorded (what every
+    audited write would otherwise meet as a failed append)."""
+    db = _database()
+    try:
+        with db.reading() as session:
+            found = audit_chain.beyond_head(session)
+    finally:
+        db.dispose()
+    if found is not None:
+        _refuse(found)
+
+
 def _policy_version() -> str | None:
     try:
         return load_policy(get_settings().policy, build_registry()).version
@@ -142,6 +160,7 @@ def serve(
     except PolicyError as exc:
         err.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from exc
+    _refuse_if_beyond_head()
     uvicorn.run(
         "opsgate.web.app:create_app",
         factory=True,
@@ -472,15 +491,21 @@ def audit_verify(
             result = audit_chain.verify(
                 session, against=checkpoint, progress=lambda n: bar.advance(task, n)
             )
-    _record_cli_read(db, "audit.verify", {"ok": result.ok, "entries": result.entries})
-    db.dispose()
+    # Report first: recording the run may itself be refused by what verify found.
     if result.ok:
         extends = f", extends {checkpoint}" if checkpoint else ""
         typer.echo(f"ok: {result.entries} records verified{extends}")
-        return
-    where = f"record {result.first_bad_id or '(missing)'} (seq {result.first_bad_seq})"
-    err.print(f"BROKEN at {where}: {result.problem}", style="red", markup=False)
-    raise typer.Exit(1)
+    else:
+        where = f"record {result.first_bad_id or '(missing)'} (seq {result.first_bad_seq})"
+        err.print(f"BROKEN at {where}: {result.problem}", style="red", markup=False)
+    try:
+        _record_cli_read(db, "audit.verify", {"ok": result.ok, "entries": result.entries})
+    except audit_chain.RecordBeyondHead:
+        err.print("(this run could not be recorded in the audit trail)", markup=False)
+    finally:
+        db.dispose()
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 @app.command("trace")
@@ -831,7 +856,12 @@ def _audit_credential(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except audit_chain.RecordBeyondHead as exc:
+        # Any audited command: its append met a record planted beyond the head.
+        err.print(f"refused: {exc}", style="red", markup=False)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
