@@ -114,6 +114,16 @@ def _pg_app_url_for(dbname: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
+@pytest.fixture(autouse=True)
+def anchor_files(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test anchors the audit chain into its own directory, with its own key (the
+    settings, the CLI and server processes read them from the environment)."""
+    directory = tmp_path_factory.mktemp("anchors")
+    monkeypatch.setenv("OPSGATE_AUDIT_ANCHOR_DIR", str(directory / "sink"))
+    monkeypatch.setenv("OPSGATE_AUDIT_ANCHOR_KEY_FILE", str(directory / "anchor-key.pem"))
+    return directory
+
+
 @dataclass
 class World:
     """The demo data set every test database starts with, and a token per demo user."""

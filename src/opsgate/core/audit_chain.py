@@ -295,7 +295,11 @@ def verify(
         )
     for name in sorted(unseen):
         return Verification(
-            False, count, None, points[name].seq, f"the {name}'s record is not in the chain"
+            False,
+            count,
+            None,
+            points[name].seq,
+            f"the {name}'s record is not in the chain: it was cut or rewritten shorter",
         )
     return Verification(True, count)
 

@@ -37,9 +37,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from opsgate.core.registry import Registry
 from opsgate.core.signing import MIN_SECRET_LENGTH
 
-WEBHOOK_EVENTS = frozenset(
+APPROVAL_EVENTS = frozenset(
     {"approval.requested", "approval.decided", "approval.executed", "approval.expired"}
 )
+# `audit.anchor` (core/anchoring.py) goes only to subscriptions that name it: an external log.
+WEBHOOK_EVENTS = APPROVAL_EVENTS | {"audit.anchor"}
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
@@ -70,7 +72,7 @@ class BackendDocument(_Strict):
 
 class WebhookDocument(_Strict):
     url: str
-    events: list[str] = Field(default_factory=lambda: sorted(WEBHOOK_EVENTS), min_length=1)
+    events: list[str] = Field(default_factory=lambda: sorted(APPROVAL_EVENTS), min_length=1)
     format: Literal["json", "slack"] = "json"
     secret_env: str | None = Field(default=None, pattern=_ENV_NAME.pattern)
     timeout_seconds: float = Field(default=5.0, gt=0, le=60)

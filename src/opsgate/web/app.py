@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from opsgate import __version__
+from opsgate.core.anchoring import Anchoring, start_anchoring
 from opsgate.core.metrics import mark_process_dead
 from opsgate.core.reconcile import ReconcileLoop
 from opsgate.core.webhooks import start_delivery
@@ -47,7 +48,13 @@ def create_app(
         if services.integrations.backends and settings.reconcile_interval_seconds:
             reconciling = ReconcileLoop(services.gateway, settings.reconcile_interval_seconds)
             reconciling.start()
+        # The chain head is signed and kept outside the database (core/anchoring.py).
+        anchoring = start_anchoring(
+            services.db, Anchoring.from_settings(settings), services.integrations, services.clock
+        )
         yield
+        if anchoring is not None:
+            anchoring.stop()
         if reconciling is not None:
             reconciling.stop()
         if delivery is not None:
