@@ -48,7 +48,7 @@ REQUIRE_PG = os.environ.get("OPSGATE_REQUIRE_POSTGRES") == "1"
 RUN_ID = secrets.token_hex(3)
 HOW_TO_ENABLE = (
     "set OPSGATE_TEST_POSTGRES_URL=postgresql://USER@HOST:PORT/postgres (a role that may "
-    "CREATE DATABASE) to run the PostgreSQL half"
+    "CREATE DATABASE and CREATE ROLE) to run the PostgreSQL half"
 )
 BACKENDS = ("sqlite", "postgresql")
 # The role the app runs as in the PostgreSQL half (cluster-wide, so one name for every run;

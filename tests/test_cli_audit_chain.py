@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,3 +97,76 @@ def test_serve_refuses_to_start_with_the_same_message(planted: AuditRecord) -> N
     assert f"record {planted.id} (seq {planted.seq}) lies beyond the chain head" in flat(
         result.stderr
     )
+
+
+# --- anchors -----------------------------------------------------------------------------------
+
+
+def test_plain_verify_catches_an_owners_rewrite_after_an_anchor(
+    cli_db: TestDatabase, services: Services, world: World, db: Database, owner_db: Database
+) -> None:
+    from tests.core.test_anchoring import erase_as_owner, reverse_a_payment
+
+    make_trail(services, world)
+    reversal = reverse_a_payment(services, world, db)
+    make_trail(services, world)
+    anchored = invoke("audit", "anchor")
+    assert anchored.exit_code == 0, anchored.output
+    assert anchored.stdout.startswith(f"anchored {records(db)[-1].seq}:")
+    assert invoke("audit", "verify").exit_code == 0
+
+    erase_as_owner(cli_db, owner_db, reversal.seq)
+    broken = invoke("audit", "verify")
+    assert broken.exit_code == 1, broken.output
+    assert "BROKEN" in broken.stderr and "anchor" in broken.stderr
+    refused = invoke("audit", "anchor", "--force")  # and nothing signs the rewritten head
+    assert refused.exit_code == 1
+    assert "not anchored" in flat(refused.stderr)
+
+
+def test_verify_warns_when_anchoring_has_stopped(
+    cli_db: TestDatabase,
+    services: Services,
+    world: World,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPSGATE_AUDIT_ANCHOR_EVERY_RECORDS", "2")
+    get_settings.cache_clear()
+    make_trail(services, world)
+    result = invoke("audit", "verify")
+    assert result.exit_code == 0, result.output
+    assert "warning: anchoring has stopped" in flat(result.stderr)
+
+
+def test_anchor_prints_the_public_key_a_verifier_needs(cli_db: TestDatabase) -> None:
+    from opsgate.core.anchors import parse_public_keys
+
+    shown = invoke("audit", "anchor", "--public-key")
+    assert shown.exit_code == 0, shown.output
+    key_id, public = shown.stdout.split()
+    assert list(parse_public_keys(public)) == [key_id]
+
+
+def test_serve_anchors_on_its_own(
+    test_db: TestDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opsgate.core.anchors import AnchorSink
+    from tests.servers import start_server
+
+    sink = AnchorSink(Path(os.environ["OPSGATE_AUDIT_ANCHOR_DIR"]))
+    server = start_server(
+        test_db.url, tmp_path / "serve.log", OPSGATE_AUDIT_ANCHOR_INTERVAL_SECONDS="1"
+    )
+    try:
+        db = Database(test_db.url)
+        try:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and sink.latest() is None:
+                time.sleep(0.1)
+            anchor = sink.latest()
+            assert anchor is not None, (tmp_path / "serve.log").read_text()
+            assert anchor.seq == records(db)[-1].seq  # its own system.start, anchored
+        finally:
+            db.dispose()
+    finally:
+        server.stop()

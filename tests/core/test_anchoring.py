@@ -9,6 +9,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -210,6 +211,9 @@ def test_the_file_sink_is_one_fsynced_json_line_per_anchor(
     second = anchor_head(db, setup, NO_INTEGRATIONS, clock.now())
     assert setup.sink.all() == [first, second]
     assert AnchorSink(setup.sink.directory).latest() == second
+    assert second is not None  # another process with the same head writes no second line:
+    assert not setup.sink.append(replace(second, signature="x"), unless_last=True)
+    assert setup.sink.all() == [first, second]
 
 
 def test_each_anchor_is_queued_for_webhooks_subscribed_to_audit_anchor(

@@ -144,6 +144,8 @@ def test_verify_reports_ok_entries_and_head_and_is_itself_audited(
         "problem": None,
         "head": str(head),
         "request_id": "verify-1",
+        "anchor": None,  # nothing anchored yet (tests/core/test_anchoring.py)
+        "findings": [],
     }
     [note] = [row for row in records(db) if row.request_id == "verify-1"]
     assert (note.action, note.result, note.actor_id) == (

@@ -113,7 +113,8 @@ def anchor_head(
     if problem is not None:
         raise AnchorRefused(problem)
     anchor = anchoring.signing_key().sign(head, now)
-    anchoring.sink.append(anchor)
+    if not anchoring.sink.append(anchor, unless_last=not force):
+        return None  # another process anchored this head meanwhile
     if integrations.subscribers(EventType.AUDIT_ANCHOR):
         with db.writing() as session:
             enqueue(

@@ -186,14 +186,19 @@ class AnchorSink:
         self.directory = directory
         self.path = directory / ANCHOR_FILE
 
-    def append(self, anchor: Anchor) -> None:
-        """Append one line and fsync it (and the directory, when the file is new)."""
+    def append(self, anchor: Anchor, *, unless_last: bool = False) -> bool:
+        """Append one line and fsync it (and the directory, when the file is new). With
+        `unless_last`, write nothing when the last line already anchors the same head
+        (another process was first). Returns whether a line was written."""
         created = not self.path.exists()
         self.directory.mkdir(parents=True, exist_ok=True)
         line = (json.dumps(anchor.as_dict(), sort_keys=True) + "\n").encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            last = self.latest() if unless_last else None
+            if last is not None and last.checkpoint == anchor.checkpoint:
+                return False
             os.write(fd, line)
             os.fsync(fd)
         finally:
@@ -204,6 +209,7 @@ class AnchorSink:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
+        return True
 
     def latest(self) -> Anchor | None:
         """The last anchor written, or None when there is none yet; raise AnchorError
