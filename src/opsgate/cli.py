@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from opsgate.core import (
@@ -124,6 +125,14 @@ def _refuse_if_beyond_head() -> None:
     try:
         with db.reading() as session:
             found = audit_chain.beyond_head(session)
+    except DBAPIError as exc:
+        err.print(
+            f"cannot read the audit chain ({exc.orig}); is the database migrated "
+            "(opsgate db upgrade)?",
+            style="red",
+            markup=False,
+        )
+        raise typer.Exit(2) from exc
     finally:
         db.dispose()
     if found is not None:

@@ -46,7 +46,7 @@ def anchoring(**changes: object) -> Anchoring:
     """The settings' anchoring (this test's own directory and key), with `changes`."""
     get_settings.cache_clear()
     setup = Anchoring.from_settings(get_settings())
-    return Anchoring(**({**setup.__dict__, **changes}))  # type: ignore[arg-type]
+    return replace(setup, **changes)  # type: ignore[arg-type]
 
 
 def reverse_a_payment(services: Services, world: World, db: Database) -> AuditRecord:

@@ -135,8 +135,10 @@ def is_due(anchoring: Anchoring, head: Checkpoint, last: Anchor | None, elapsed:
     """Whether the head should be anchored now: it moved, and either `every_records`
     records follow the last anchor or `elapsed` (since the last anchor) reaches the interval."""
     anchored = last.checkpoint if last is not None else GENESIS_POINT
-    if head == anchored or head.seq < anchored.seq:
-        return head.seq < anchored.seq  # behind the anchor: let anchor_head refuse loudly
+    if head.seq < anchored.seq:
+        return True  # behind the last anchor: anchor_head refuses, and that is logged
+    if head == anchored:
+        return False
     if anchoring.every_records and head.seq - anchored.seq >= anchoring.every_records:
         return True
     return anchoring.interval is not None and elapsed >= anchoring.interval
