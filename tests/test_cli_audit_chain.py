@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
+from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from opsgate.cli import app
@@ -170,3 +171,18 @@ def test_serve_anchors_on_its_own(
             db.dispose()
     finally:
         server.stop()
+
+
+def test_the_verify_api_names_a_record_beyond_the_head_instead_of_a_500(
+    client: TestClient, world: World, planted: AuditRecord
+) -> None:
+    # The server started before the record was planted (after, it would not have started).
+    response = client.get("/api/v1/audit/verify", headers=world.auth("audrey"))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["ok"], body["first_bad_id"], body["first_bad_seq"]) == (
+        False,
+        planted.id,
+        planted.seq,
+    )
+    assert f"record {planted.id} (seq {planted.seq}) lies beyond the chain head" in body["problem"]
