@@ -4,17 +4,21 @@ change the schema. SQLite has no roles (its boundary is the file's permissions).
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from typer.testing import CliRunner
 
+from opsgate.cli import app
 from opsgate.core.actors import Origin
 from opsgate.core.audit import AuditEntry, AuditResult, record
 from opsgate.db.engine import Database
 from opsgate.db.migrate import grant_app_role, role_of
-from tests.conftest import APP_ROLE, TestDatabase
+from opsgate.settings import get_settings
+from tests.conftest import APP_ROLE, RUN_ID, TestDatabase, _pg_app_url_for, _pg_execute, _pg_url_for
 
 NOW = datetime(2026, 1, 5, tzinfo=UTC)
 REFUSED = {
@@ -83,3 +87,39 @@ def test_granting_is_safe_to_repeat_and_nothing_to_do_as_the_owner(
     with db.writing() as session:  # still only row rights, and those still work
         session.execute(text("INSERT INTO audit_archive_permits (id) VALUES ('prm_probe')"))
         session.rollback()
+
+
+def test_db_upgrade_migrates_as_the_owner_and_grants_the_app_role(
+    postgres_only: TestDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`opsgate db upgrade` with the two URLs, on an empty database: the owner owns every
+    table, and the app role (from OPSGATE_DATABASE_URL) can read and write rows at once."""
+    name = f"og_{RUN_ID}_roles_{secrets.token_hex(3)}"
+    _pg_execute(f'CREATE DATABASE "{name}"')
+    try:
+        monkeypatch.setenv("OPSGATE_MIGRATION_DATABASE_URL", _pg_url_for(name))
+        monkeypatch.setenv("OPSGATE_DATABASE_URL", _pg_app_url_for(name))
+        get_settings.cache_clear()
+        result = CliRunner().invoke(app, ["db", "upgrade"])
+        get_settings.cache_clear()
+        assert result.exit_code == 0, result.output
+        assert f"app role {APP_ROLE}: row rights granted" in result.stderr
+        db = Database(_pg_app_url_for(name))
+        try:
+            with db.writing() as session:
+                entry = AuditEntry(action="test.probe", result=AuditResult.SUCCEEDED)
+                record(session, entry, actor=None, origin=Origin("p"), policy_version=None, now=NOW)
+                session.commit()
+            with db.reading() as session:
+                owners = set(
+                    session.scalars(
+                        text(
+                            "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'"
+                        )
+                    )
+                )
+        finally:
+            db.dispose()
+        assert owners == {role_of(_pg_url_for(name))}
+    finally:
+        _pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
