@@ -8,7 +8,18 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# `make run DB=postgresql`: two roles. The owner (PG_OWNER_URL, e.g. postgres) creates the
+# database, migrates it and creates the app role, which owns nothing and only reads and writes
+# rows (docs/operations.md, "Running on PostgreSQL").
+DB ?= sqlite
+ifeq ($(DB),postgresql)
+PG_OWNER_URL ?= postgresql://postgres@127.0.0.1:5432
+PG_DATABASE ?= opsgate
+export OPSGATE_MIGRATION_DATABASE_URL ?= $(PG_OWNER_URL)/$(PG_DATABASE)
+export OPSGATE_DATABASE_URL ?= postgresql://opsgate_app:opsgate-app-dev-password@127.0.0.1:5432/$(PG_DATABASE)
+else
 export OPSGATE_DATABASE_URL ?= sqlite:///./opsgate.db
+endif
 # The PostgreSQL half of the suite; `make test` skips it (saying so) when nothing answers here.
 export OPSGATE_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
@@ -29,7 +40,10 @@ install: $(STAMP) ## Create .venv and install opsgate with its development tools
 # a dev secret generated once into $(LEDGER_SECRET_FILE)) and runs the money-moving actions there.
 LEDGER_SECRET_FILE := .opsgate-ledger-secret
 .PHONY: run
-run: $(STAMP) ## Migrate, seed demo data (SQLite) and serve on http://$(HOST):$(PORT)
+run: $(STAMP) ## Migrate, seed demo data and serve on http://$(HOST):$(PORT) (SQLite; DB=postgresql: two roles)
+ifeq ($(DB),postgresql)
+	$(BIN)/python -c 'import sys, psycopg; c = psycopg.connect(sys.argv[1] + "/postgres", autocommit=True); n = sys.argv[2]; c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (n,)).fetchone() or c.execute(f"CREATE DATABASE \"{n}\"")' "$(PG_OWNER_URL)" "$(PG_DATABASE)"
+endif
 	$(BIN)/opsgate db upgrade
 	$(BIN)/opsgate demo seed --tokens --demo-passwords
 	@echo
@@ -85,4 +99,4 @@ bench: $(STAMP) ## Benchmarks (governed vs bare action path on SQLite and Postgr
 
 .PHONY: clean
 clean: ## Remove the virtualenv, caches and the local SQLite database
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache opsgate.db opsgate.db-wal opsgate.db-shm ledger.db ledger.db-wal ledger.db-shm
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache opsgate.db opsgate.db-wal opsgate.db-shm ledger.db ledger.db-wal ledger.db-shm audit-anchors

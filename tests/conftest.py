@@ -4,6 +4,11 @@ Each backend's schema is migrated, and the demo data seeded, once per run into a
 each test then gets its own copy (a file copy on SQLite, `CREATE DATABASE ... TEMPLATE` on
 PostgreSQL), so tests are isolated, may commit, and may start server processes against it.
 
+On PostgreSQL the template is migrated as the owner (the role of OPSGATE_TEST_POSTGRES_URL),
+and every test connects as the app role `opsgate db upgrade` grants (APP_ROLE: row rights, owns
+nothing), as production does. `TestDatabase.owner_url` is for tests that act as the owner (an
+attacker with the database's keys); `owner_db` is a Database on it.
+
 PostgreSQL comes from OPSGATE_TEST_POSTGRES_URL. When it cannot be reached the PostgreSQL half
 is skipped with a message, unless OPSGATE_REQUIRE_POSTGRES=1 (CI), where that is a failure, as
 is a run in which no PostgreSQL test passed.
@@ -31,7 +36,7 @@ from opsgate.core import tokens
 from opsgate.core.clock import FrozenClock
 from opsgate.core.users import find_user
 from opsgate.db.engine import Database
-from opsgate.db.migrate import upgrade
+from opsgate.db.migrate import grant_app_role, upgrade
 from opsgate.domain import seed as demo_seed
 from opsgate.logging import configure_logging
 from opsgate.settings import DEMO_POLICY, Settings
@@ -43,9 +48,12 @@ REQUIRE_PG = os.environ.get("OPSGATE_REQUIRE_POSTGRES") == "1"
 RUN_ID = secrets.token_hex(3)
 HOW_TO_ENABLE = (
     "set OPSGATE_TEST_POSTGRES_URL=postgresql://USER@HOST:PORT/postgres (a role that may "
-    "CREATE DATABASE) to run the PostgreSQL half"
+    "CREATE DATABASE and CREATE ROLE) to run the PostgreSQL half"
 )
 BACKENDS = ("sqlite", "postgresql")
+# The role the app runs as in the PostgreSQL half (cluster-wide, so one name for every run;
+# `grant_app_role` creates it when missing and grants it rights in each template).
+APP_ROLE = "opsgate_test_app"
 
 # One in-memory sink for every structured log line of the run; tests read from it.
 LOG_SINK = io.StringIO()
@@ -99,7 +107,24 @@ def _pg_execute(sql: str) -> None:
 
 
 def _pg_url_for(dbname: str) -> str:
+    """The owner's URL of database `dbname`."""
     return make_url(PG_URL).set(database=dbname).render_as_string(hide_password=False)
+
+
+def _pg_app_url_for(dbname: str) -> str:
+    """The app role's URL of database `dbname` (the suite's PostgreSQL trusts local logins)."""
+    url = make_url(PG_URL).set(database=dbname, username=APP_ROLE, password=None)
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture(autouse=True)
+def anchor_files(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test anchors the audit chain into its own directory, with its own key (the
+    settings, the CLI and server processes read them from the environment)."""
+    directory = tmp_path_factory.mktemp("anchors")
+    monkeypatch.setenv("OPSGATE_AUDIT_ANCHOR_DIR", str(directory / "sink"))
+    monkeypatch.setenv("OPSGATE_AUDIT_ANCHOR_KEY_FILE", str(directory / "anchor-key.pem"))
+    return directory
 
 
 @dataclass
@@ -123,9 +148,11 @@ class World:
         return {"Authorization": f"Bearer {self.tokens[username]}"}
 
 
-def _build_template(url: str) -> World:
+def _build_template(url: str, app_url: str | None = None) -> World:
     upgrade(url)
-    db = Database(url)
+    if app_url is not None:
+        grant_app_role(url, app_url)
+    db = Database(app_url or url)
     now = datetime.now(UTC)
     issued: dict[str, str] = {}
     user_ids: dict[str, str] = {}
@@ -164,7 +191,7 @@ def _template(backend: str, templates: dict[str, Any], tmp: pytest.TempPathFacto
         else:
             name = f"og_{RUN_ID}_template"
             _pg_execute(f'CREATE DATABASE "{name}"')
-            world = _build_template(_pg_url_for(name))
+            world = _build_template(_pg_url_for(name), _pg_app_url_for(name))
             templates[backend] = (name, world)
     return templates[backend]
 
@@ -174,8 +201,14 @@ class TestDatabase:
     __test__ = False  # a fixture value, not a test class
 
     backend: str
-    url: str
+    url: str  # the app's URL: on PostgreSQL a role that owns nothing
     world: World
+    # The owner's URL (migrations, and tests acting as an attacker who holds it); on SQLite,
+    # which has no roles, the same file.
+    owner_url: str = ""
+
+    def __post_init__(self) -> None:
+        self.owner_url = self.owner_url or self.url
 
 
 _counter = 0
@@ -205,7 +238,7 @@ def test_db(
     name = f"og_{RUN_ID}_{_counter}"
     _pg_execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
     try:
-        yield TestDatabase(backend, _pg_url_for(name), world)
+        yield TestDatabase(backend, _pg_app_url_for(name), world, _pg_url_for(name))
     finally:
         _pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -218,6 +251,14 @@ def world(test_db: TestDatabase) -> World:
 @pytest.fixture
 def db(test_db: TestDatabase) -> Iterator[Database]:
     database = Database(test_db.url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def owner_db(test_db: TestDatabase) -> Iterator[Database]:
+    """The same database, connected as its owner (on SQLite: the same file)."""
+    database = Database(test_db.owner_url)
     yield database
     database.dispose()
 

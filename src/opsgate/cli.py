@@ -10,7 +10,7 @@ import socket
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -18,9 +18,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from opsgate.core import audit_chain, audit_files, console_sessions, passwords, trace_report
+from opsgate.core import (
+    anchoring,
+    audit_chain,
+    audit_files,
+    console_sessions,
+    passwords,
+    trace_report,
+)
 from opsgate.core import tokens as token_service
 from opsgate.core.actors import Actor, Origin
 from opsgate.core.audit import AuditEntry, AuditResult, record
@@ -107,6 +115,32 @@ def _database() -> Database:
     return Database(get_settings().database_url)
 
 
+def _refuse(exc: audit_chain.RecordBeyondHead) -> NoReturn:
+    err.print(f"refused: {exc}", style="red", markup=False)
+    raise typer.Exit(2)
+
+
+def _refuse_if_beyond_head() -> None:
+    """Exit 2 with the planted record's name when nothing could be recorded (what every
+    audited write would otherwise meet as a failed append)."""
+    db = _database()
+    try:
+        with db.reading() as session:
+            found = audit_chain.beyond_head(session)
+    except DBAPIError as exc:
+        err.print(
+            f"cannot read the audit chain ({exc.orig}); is the database migrated "
+            "(opsgate db upgrade)?",
+            style="red",
+            markup=False,
+        )
+        raise typer.Exit(2) from exc
+    finally:
+        db.dispose()
+    if found is not None:
+        _refuse(found)
+
+
 def _policy_version() -> str | None:
     try:
         return load_policy(get_settings().policy, build_registry()).version
@@ -159,6 +193,7 @@ def serve(
     except (PolicyError, IntegrationsError) as exc:
         err.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from exc
+    _refuse_if_beyond_head()
     uvicorn.run(
         "opsgate.web.app:create_app",
         factory=True,
@@ -176,9 +211,24 @@ def serve(
 
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
-    """Migrate the database (OPSGATE_DATABASE_URL) to the latest schema."""
-    migrate.upgrade(get_settings().database_url, revision)
+    """Migrate the database to the latest schema, as its owner (OPSGATE_MIGRATION_DATABASE_URL,
+    else OPSGATE_DATABASE_URL). On PostgreSQL, when the app's URL names another role, that role
+    is created if missing and granted row rights only (docs/operations.md)."""
+    settings = get_settings()
+    owner_url = settings.migration_database_url or settings.database_url
+    migrate.upgrade(owner_url, revision)
     err.print(f"database migrated to {revision}")
+    role = migrate.grant_app_role(owner_url, settings.database_url)
+    if role is not None:
+        err.print(f"app role {role}: row rights granted (no UPDATE on audit_records)")
+    elif migrate.role_of(owner_url) is not None:
+        err.print(
+            "warning: the app connects as the owner, which can switch the audit trail's "
+            "triggers off; set OPSGATE_MIGRATION_DATABASE_URL to the owner and "
+            "OPSGATE_DATABASE_URL to a role that owns nothing",
+            style="yellow",
+            markup=False,
+        )
 
 
 @demo_app.command("seed")
@@ -633,7 +683,9 @@ def audit_verify(
         typer.Option(help="A checkpoint SEQ:HASH printed earlier by `audit checkpoint`."),
     ] = None,
 ) -> None:
-    """Walk the hash chain and name the first record that breaks it. Exit 1 if any does."""
+    """Walk the hash chain and name the first record that breaks it; the chain must extend
+    the latest signed anchor (OPSGATE_AUDIT_ANCHOR_DIR) and --against. Exit 1 if it does not;
+    anchoring that stopped is a warning."""
     checkpoint = None
     if against:
         try:
@@ -645,18 +697,31 @@ def audit_verify(
         total = audit_chain.count(session)
         with _progress(total, "verifying") as bar:
             task = bar.add_task("verify", total=total)
-            result = audit_chain.verify(
-                session, against=checkpoint, progress=lambda n: bar.advance(task, n)
+            result = anchoring.verify_anchored(
+                session,
+                anchoring.Anchoring.from_settings(get_settings()),
+                SystemClock().now(),
+                against=checkpoint,
+                progress=lambda n: bar.advance(task, n),
             )
-    _record_cli_read(db, "audit.verify", {"ok": result.ok, "entries": result.entries})
-    db.dispose()
+    # Report first: recording the run may itself be refused by what verify found.
     if result.ok:
         extends = f", extends {checkpoint}" if checkpoint else ""
-        typer.echo(f"ok: {result.entries} records verified{extends}")
-        return
-    where = f"record {result.first_bad_id or '(missing)'} (seq {result.first_bad_seq})"
-    err.print(f"BROKEN at {where}: {result.problem}", style="red", markup=False)
-    raise typer.Exit(1)
+        anchored = f", extends the anchor {result.anchor}" if result.anchor else ", no anchor yet"
+        typer.echo(f"ok: {result.entries} records verified{extends}{anchored}")
+        for finding in result.findings:
+            err.print(f"warning: {finding}", style="yellow", markup=False)
+    else:
+        where = f"record {result.first_bad_id or '(missing)'} (seq {result.first_bad_seq})"
+        err.print(f"BROKEN at {where}: {result.problem}", style="red", markup=False)
+    try:
+        _record_cli_read(db, "audit.verify", {"ok": result.ok, "entries": result.entries})
+    except audit_chain.RecordBeyondHead:
+        err.print("(this run could not be recorded in the audit trail)", markup=False)
+    finally:
+        db.dispose()
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 @app.command("trace")
@@ -698,6 +763,47 @@ def trace_command(
         Console().print(table)
     if report.truncated:
         err.print(f"more than {trace_report.MAX_ROWS} records of one kind: the first shown")
+
+
+@audit_app.command("anchor")
+def audit_anchor(
+    force: Annotated[
+        bool, typer.Option("--force", help="Sign the head even if it has not moved.")
+    ] = False,
+    public_key: Annotated[
+        bool,
+        typer.Option("--public-key", help="Print the signing key's ID and public key only."),
+    ] = False,
+) -> None:
+    """Sign the chain head now and append it to OPSGATE_AUDIT_ANCHOR_DIR (and queue it for
+    webhooks subscribed to `audit.anchor`). `opsgate serve` does this on its own; run this
+    from cron where no server runs. Exit 1 when the records since the last anchor do not
+    chain onto it."""
+    from opsgate.core.anchors import AnchorError, public_key_text
+    from opsgate.core.integrations import load_integrations
+
+    settings = get_settings()
+    setup = anchoring.Anchoring.from_settings(settings)
+    try:
+        if public_key:
+            key = setup.signing_key()
+            typer.echo(f"{key.key_id} {public_key_text(key.public)}")
+            return
+        _refuse_if_beyond_head()
+        integrations = load_integrations(settings.integrations, build_registry())
+        db = _database()
+        try:
+            done = anchoring.anchor_head(db, setup, integrations, SystemClock().now(), force=force)
+        finally:
+            db.dispose()
+    except (anchoring.AnchorRefused, AnchorError) as exc:
+        err.print(f"not anchored: {exc}", style="red", markup=False)
+        raise typer.Exit(1) from exc
+    if done is None:
+        err.print("the head has not moved since the last anchor; nothing written")
+        return
+    typer.echo(f"anchored {done.seq}:{done.hash} at {done.anchored_at.isoformat()}")
+    err.print(f"signed by {done.key_id}, appended to {setup.sink.path}")
 
 
 @audit_app.command("checkpoint")
@@ -1011,7 +1117,12 @@ def _audit_credential(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except audit_chain.RecordBeyondHead as exc:
+        # Any audited command: its append met a record planted beyond the head.
+        err.print(f"refused: {exc}", style="red", markup=False)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

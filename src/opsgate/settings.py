@@ -17,7 +17,11 @@ DEMO_POLICY = Path(__file__).parent / "domain" / "policy.toml"
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPSGATE_", extra="ignore")
 
+    # The app's database. On PostgreSQL: a role that owns nothing (docs/operations.md).
     database_url: str = Field(default="sqlite:///./opsgate.db")
+    # The owner's URL, for `opsgate db upgrade` only: it owns the tables, migrates them and
+    # grants the app's role row rights. Unset: migrations connect with `database_url`.
+    migration_database_url: str | None = None
     policy: Path = Field(default=DEMO_POLICY)
     # Remote backends and webhook subscriptions (core/integrations.py); unset: none.
     integrations: Path | None = None
@@ -40,6 +44,20 @@ class Settings(BaseSettings):
     # A key claimed longer ago than this by a request that never finished (its process died)
     # may be taken over by a retry; nothing of that request committed.
     idempotency_lock_timeout_seconds: int = Field(default=300, ge=5, le=3600)
+
+    # --- audit chain anchors (core/anchoring.py; docs/operations.md) ---
+    # Signed heads are appended to `anchors.jsonl` here: a directory on the app host that no
+    # database role can write (and that `audit verify` reads).
+    audit_anchor_dir: Path = Field(default=Path("audit-anchors"))
+    # The Ed25519 private key (PKCS#8 PEM) that signs anchors; generated once when missing.
+    audit_anchor_key_file: Path = Field(default=Path(".opsgate-anchor-key"))
+    # Public keys (base64, comma-separated) of earlier anchor keys, still trusted by verify
+    # after a rotation, or of the signing key on a host that only verifies.
+    audit_anchor_trusted_keys: str = ""
+    # Each `opsgate serve` process anchors a moved head this often, and as soon as this many
+    # records follow the last anchor; 0 turns either off.
+    audit_anchor_interval_seconds: int = Field(default=300, ge=0, le=24 * 3600)
+    audit_anchor_every_records: int = Field(default=1000, ge=0, le=1_000_000)
     # Mount `/bench/*` endpoints that do the same work as an action with no controls.
     # Only `make bench` sets this; never enable it in production.
     bench_endpoints: bool = False

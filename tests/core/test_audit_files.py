@@ -295,13 +295,18 @@ def test_archive_takes_only_a_contiguous_prefix(
 
 
 def test_archiving_a_broken_chain_is_refused_and_deletes_nothing(
-    services: Services, db: Database, world: World, clock: FrozenClock, archive_dir: Path
+    services: Services,
+    db: Database,
+    world: World,
+    clock: FrozenClock,
+    archive_dir: Path,
+    owner_db: Database,
 ) -> None:
     t0 = clock.now()
     make_trail(services, world)
     clock.advance(timedelta(days=2))
     original = records(db)
-    with tampering(db) as session:
+    with tampering(owner_db) as session:
         row = session.get(AuditRecord, 4)
         assert row is not None
         row.reason = "rewritten"

@@ -144,6 +144,8 @@ def test_verify_reports_ok_entries_and_head_and_is_itself_audited(
         "problem": None,
         "head": str(head),
         "request_id": "verify-1",
+        "anchor": None,  # nothing anchored yet (tests/core/test_anchoring.py)
+        "findings": [],
     }
     [note] = [row for row in records(db) if row.request_id == "verify-1"]
     assert (note.action, note.result, note.actor_id) == (
@@ -156,7 +158,7 @@ def test_verify_reports_ok_entries_and_head_and_is_itself_audited(
 
 
 def test_verify_against_an_earlier_checkpoint(
-    client: TestClient, services: Services, world: World, db: Database
+    client: TestClient, services: Services, world: World, db: Database, owner_db: Database
 ) -> None:
     make_trail(services, world)
     taken = get(client, world, "/audit/verify").json()["head"]
@@ -166,7 +168,7 @@ def test_verify_against_an_earlier_checkpoint(
     assert later.status_code == 200
     assert (later.json()["ok"], later.json()["first_bad_id"]) == (True, None)
 
-    with tampering(db) as session:
+    with tampering(owner_db) as session:
         victim = session.get(AuditRecord, 3)
         assert victim is not None
         victim.reason = "rewritten"
@@ -191,11 +193,11 @@ def test_a_malformed_checkpoint_is_a_422_problem(
 
 
 def test_verify_names_a_tampered_record(
-    client: TestClient, services: Services, world: World, db: Database
+    client: TestClient, services: Services, world: World, db: Database, owner_db: Database
 ) -> None:
     make_trail(services, world)
     victim = records(db)[4]
-    with tampering(db) as session:
+    with tampering(owner_db) as session:
         row = session.get(AuditRecord, victim.seq)
         assert row is not None
         row.actor_id = world.user_ids["olga"]
@@ -514,12 +516,12 @@ def test_cli_verify_checkpoint_and_verify_against(
 
 
 def test_cli_verify_exits_1_naming_the_tampered_record(
-    cli_db: TestDatabase, services: Services, world: World, db: Database
+    cli_db: TestDatabase, services: Services, world: World, db: Database, owner_db: Database
 ) -> None:
     make_trail(services, world)
     point = invoke("audit", "checkpoint").stdout.strip()
     victim = records(db)[5]
-    with tampering(db) as session:
+    with tampering(owner_db) as session:
         row = session.get(AuditRecord, victim.seq)
         assert row is not None
         row.result = "succeeded" if row.result != "succeeded" else "failed"
@@ -528,7 +530,7 @@ def test_cli_verify_exits_1_naming_the_tampered_record(
     assert broken.exit_code == 1
     assert f"BROKEN at record {victim.id} (seq {victim.seq})" in stderr_of(broken)
 
-    with tampering(db) as session:
+    with tampering(owner_db) as session:
         rechain(session, victim.seq)
     assert invoke("audit", "verify").exit_code == 0
     against = invoke("audit", "verify", "--against", point)

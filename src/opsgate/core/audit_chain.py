@@ -9,7 +9,11 @@ they read the head instead of scanning the table.
 Verification walks the chain in sequence order and names the first record that does not fit:
 an edited field, a deleted or inserted row, a swap, or a truncated tail (the head no longer
 matches the last record). A checkpoint (`SEQ:HASH`) kept outside the database proves even a
-complete rewrite by someone who can recompute hashes.
+complete rewrite by someone who can recompute hashes; core/anchors.py keeps signed ones
+automatically, and `verify` checks the latest (`anchor=`) beside any the operator gives.
+
+A record planted beyond the head (seq head + 1) would make every later append collide with
+it: the append then refuses with RecordBeyondHead, naming it, instead of a unique-key error.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from opsgate.core import metrics
@@ -74,10 +79,39 @@ _MOVE_HEAD = (
 )
 
 
+# An insert that yields to an existing row instead of failing (which would abort the
+# transaction on PostgreSQL): a collision means a record was planted beyond the head.
+_INSERTS = {
+    "postgresql": postgresql.insert(_RECORDS).on_conflict_do_nothing().returning(_RECORDS.c.seq),
+    "sqlite": sqlite.insert(_RECORDS).on_conflict_do_nothing().returning(_RECORDS.c.seq),
+}
+
+
+class RecordBeyondHead(Exception):
+    """A record sits where the next append must go: nothing can be recorded until an
+    operator has looked (the chain was written to outside opsgate)."""
+
+    def __init__(self, record_id: str, seq: int, head_seq: int) -> None:
+        self.record_id, self.seq, self.head_seq = record_id, seq, head_seq
+        super().__init__(
+            f"{beyond_head_message(record_id, seq, head_seq)}. Nothing can be recorded until "
+            "it is resolved: `opsgate audit verify` reports on the chain"
+        )
+
+
+def beyond_head_message(record_id: str, seq: int, head_seq: int) -> str:
+    """The one wording for a planted record, shared by verify and every refusal."""
+    return (
+        f"record {record_id} (seq {seq}) lies beyond the chain head (seq {head_seq}): "
+        "no append through opsgate wrote it"
+    )
+
+
 def append(session: Session, row: AuditRecord) -> AuditRecord:
     """Chain `row` after the head, in the caller's transaction (which then holds the head's
     lock until it commits or rolls back). `row` is written with plain SQL and stays
-    detached: three statements, none of which reads the records table."""
+    detached: three statements, none of which reads the records table. Raises
+    RecordBeyondHead when a record already holds the next seq."""
     started = time.perf_counter()
     seq, prev = session.execute(
         select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID).with_for_update()
@@ -85,10 +119,25 @@ def append(session: Session, row: AuditRecord) -> AuditRecord:
     row.seq = seq + 1
     row.prev_hash = prev
     row.hash = record_hash(row)
-    session.execute(insert(_RECORDS), [{key: getattr(row, key) for key in _COLUMNS}])
+    inserted = session.execute(
+        _INSERTS[session.get_bind().dialect.name], {key: getattr(row, key) for key in _COLUMNS}
+    ).scalar()
+    if inserted is None:
+        planted = session.scalar(select(_RECORDS.c.id).where(_RECORDS.c.seq == row.seq))
+        raise RecordBeyondHead(planted or "(unknown)", row.seq, seq)
     session.execute(update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(seq=row.seq, hash=row.hash))
     metrics.observe_audit_append(time.perf_counter() - started)
     return row
+
+
+def beyond_head(session: Session) -> RecordBeyondHead | None:
+    """The refusal every append would meet now, if a record lies beyond the head (what
+    `serve` and the CLI check before they start writing)."""
+    found = _unaccounted_records(session)
+    if found is None:
+        return None
+    head = session.get(AuditChainHead, HEAD_ID)
+    return RecordBeyondHead(found.id, found.seq, head.seq if head else 0)
 
 
 @dataclass(frozen=True)
@@ -126,6 +175,10 @@ class Verification:
     first_bad_id: str | None = None
     first_bad_seq: int | None = None
     problem: str | None = None
+    # The signed anchor the chain was checked against (core/anchors.py), if any.
+    anchor: str | None = None
+    # What is wrong without breaking the chain, e.g. anchoring that stopped.
+    findings: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -134,6 +187,8 @@ class Verification:
             "first_bad_id": self.first_bad_id,
             "first_bad_seq": self.first_bad_seq,
             "problem": self.problem,
+            "anchor": self.anchor,
+            "findings": list(self.findings),
         }
 
 
@@ -141,10 +196,10 @@ _WALK = select(*(_RECORDS.c[name] for name in HASHED_FIELDS), _RECORDS.c.hash)
 _HASHED = len(HASHED_FIELDS)
 
 
-def _rows(session: Session, batch: int, *, through: int) -> Iterator[Any]:
+def _rows(session: Session, batch: int, *, through: int, after: int = -1) -> Iterator[Any]:
     """Records as plain rows (hashed columns in order, then the hash), in batches: the walk
     builds no ORM objects and keeps constant memory, however long the chain."""
-    last = -1
+    last = after
     while True:
         rows = list(
             session.execute(
@@ -171,11 +226,13 @@ def verify(
     session: Session,
     *,
     against: Checkpoint | None = None,
+    anchor: Checkpoint | None = None,
     progress: Callable[[int], None] | None = None,
     batch: int = 2000,
 ) -> Verification:
     """Walk the chain up to the head read at the start (appends committed meanwhile are
-    left for the next run); report the first record that breaks it, if any."""
+    left for the next run); report the first record that breaks it, if any. The chain must
+    extend `against` (an operator's checkpoint) and `anchor` (the latest signed anchor)."""
     head = session.get(AuditChainHead, HEAD_ID)
     if head is None:
         return Verification(False, 0, None, None, "the chain head is missing")
@@ -184,23 +241,26 @@ def verify(
     expected = start_of_chain(session)
     prev_seq, prev_hash = expected.seq, expected.hash
     count = 0
-    seen_against = against is None or (against.seq, against.hash) == (expected.seq, expected.hash)
+    points = {name: point for name, point in (("checkpoint", against), ("anchor", anchor)) if point}
+    unseen = {name for name, point in points.items() if point != expected}
     archive_recorded = archive is None
-    if against is not None and against.seq < expected.seq:
-        return Verification(
-            False,
-            0,
-            None,
-            against.seq,
-            "the checkpoint lies in an archived segment: verify the archive file",
-        )
+    for name, point in points.items():
+        if point.seq < expected.seq:
+            return Verification(
+                False,
+                0,
+                None,
+                point.seq,
+                f"the {name} lies in an archived segment: verify the archive file",
+            )
     for row in _rows(session, batch, through=head_seq):
         count += 1
         problem = _break(row, prev_seq, prev_hash)
-        if problem is None and against is not None and row.seq == against.seq:
-            if row.hash != against.hash:
-                problem = "the chain no longer extends the checkpoint"
-            seen_against = True
+        for name in sorted(unseen):
+            if problem is None and row.seq == points[name].seq:
+                if row.hash != points[name].hash:
+                    problem = f"the chain no longer extends the {name}"
+                unseen.discard(name)
         if problem is not None:
             return Verification(False, count, row.id, row.seq, problem)
         if archive is not None and _records_archive(row, archive):
@@ -219,7 +279,11 @@ def verify(
     beyond = _unaccounted_records(session)
     if beyond is not None:
         return Verification(
-            False, count, beyond.id, beyond.seq, "a record lies beyond the chain's head"
+            False,
+            count,
+            beyond.id,
+            beyond.seq,
+            beyond_head_message(beyond.id, beyond.seq, head_seq),
         )
     if not archive_recorded:
         return Verification(
@@ -229,11 +293,35 @@ def verify(
             expected.seq,
             "records up to the archive boundary were removed without an audit.archive record",
         )
-    if not seen_against and against is not None:
+    for name in sorted(unseen):
         return Verification(
-            False, count, None, against.seq, "the checkpoint's record is not in the chain"
+            False,
+            count,
+            None,
+            points[name].seq,
+            f"the {name}'s record is not in the chain: it was cut or rewritten shorter",
         )
     return Verification(True, count)
+
+
+def verify_segment(session: Session, start: Checkpoint, head: Checkpoint) -> str | None:
+    """Check only the records after `start` up to `head` (what an anchor adds to the one
+    before it): None when they chain from `start` to `head`, else what is wrong."""
+    if start.seq > head.seq:
+        return f"the head (seq {head.seq}) is behind the last anchor (seq {start.seq})"
+    if start.seq > 0:
+        at = session.scalar(select(_RECORDS.c.hash).where(_RECORDS.c.seq == start.seq))
+        if at is not None and at != start.hash:
+            return f"the chain no longer extends the anchor at seq {start.seq}"
+    prev_seq, prev_hash = start.seq, start.hash
+    for row in _rows(session, 2000, through=head.seq, after=start.seq):
+        problem = _break(row, prev_seq, prev_hash)
+        if problem is not None:
+            return f"record {row.id} (seq {row.seq}): {problem}"
+        prev_seq, prev_hash = row.seq, row.hash
+    if (prev_seq, prev_hash) != (head.seq, head.hash):
+        return f"records after {prev_seq} are missing (the head is at {head.seq})"
+    return None
 
 
 def _unaccounted_records(session: Session) -> AuditRecord | None:

@@ -44,9 +44,11 @@ from opsgate.core.signing import MIN_SECRET_LENGTH
 DEFAULT_WEBHOOK_EVENTS = frozenset(
     {"approval.requested", "approval.decided", "approval.executed", "approval.expired"}
 )
-# Only when listed: a new API token, announced to its owner (core/tokens.py); its body has
-# `token` and `user` instead of `approval`, so receivers of approvals are not surprised.
-WEBHOOK_EVENTS = DEFAULT_WEBHOOK_EVENTS | {"token.created"}
+# Only when listed:
+# - `token.created`: a new API token, announced to its owner (core/tokens.py); its body has
+#   `token` and `user` instead of `approval`, so receivers of approvals are not surprised;
+# - `audit.anchor` (core/anchoring.py): a signed chain head, for an external log.
+WEBHOOK_EVENTS = DEFAULT_WEBHOOK_EVENTS | {"token.created", "audit.anchor"}
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 

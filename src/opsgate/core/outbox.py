@@ -36,6 +36,8 @@ class EventType(StrEnum):
     DECIDED = "approval.decided"
     EXECUTED = "approval.executed"
     EXPIRED = "approval.expired"
+    # A signed head of the audit chain (core/anchoring.py), for an external log to keep.
+    AUDIT_ANCHOR = "audit.anchor"
 
 
 class OutboxStatus(StrEnum):

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from opsgate import __version__
+from opsgate.core.anchoring import Anchoring, start_anchoring
 from opsgate.core.auth_refusals import RefusalFlushLoop
 from opsgate.core.metrics import mark_process_dead
 from opsgate.core.reconcile import ReconcileLoop
@@ -51,7 +52,13 @@ def create_app(
             reconciling.start()
         refusals = RefusalFlushLoop(refusals_of(services))  # core/auth_refusals.py
         refusals.start()
+        # The chain head is signed and kept outside the database (core/anchoring.py).
+        anchoring = start_anchoring(
+            services.db, Anchoring.from_settings(settings), services.integrations, services.clock
+        )
         yield
+        if anchoring is not None:
+            anchoring.stop()
         refusals.stop()
         if reconciling is not None:
             reconciling.stop()

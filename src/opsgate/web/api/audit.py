@@ -3,6 +3,7 @@ audit trail is itself recorded in it (PCI DSS 10.2.1.3)."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -10,6 +11,7 @@ from fastapi import APIRouter, Query, Request
 
 from opsgate.core import audit_chain, audit_search
 from opsgate.core.actors import Actor, Origin
+from opsgate.core.anchoring import Anchoring, verify_anchored
 from opsgate.core.audit import AuditEntry, AuditResult
 from opsgate.core.clock import as_utc
 from opsgate.core.errors import InvalidPayload
@@ -90,7 +92,9 @@ def verify_audit(
         str | None, Query(description="A checkpoint SEQ:HASH kept elsewhere")
     ] = None,
 ) -> dict[str, Any]:
-    """Walk the hash chain; `ok`, how many entries, and the first bad record if any."""
+    """Walk the hash chain, which must extend the latest signed anchor (and `against`): `ok`,
+    how many entries, the first bad record if any, the anchor, and findings (anchoring that
+    stopped)."""
     checkpoint = None
     if against:
         try:
@@ -98,11 +102,19 @@ def verify_audit(
         except ValueError as exc:
             raise InvalidPayload(str(exc), errors=[{"loc": ["query", "against"]}]) from exc
     with services.db.reading() as session:
-        result = audit_chain.verify(session, against=checkpoint)
+        result = verify_anchored(
+            session,
+            Anchoring.from_settings(services.settings),
+            services.clock.now(),
+            against=checkpoint,
+        )
         head = audit_chain.checkpoint(session)
-    record_read(
-        services, reader, origin, "audit.verify", {"ok": result.ok, "entries": result.entries}
-    )
+    # A record planted beyond the head refuses every append, this one too: the answer is the
+    # finding itself.
+    with contextlib.suppress(audit_chain.RecordBeyondHead):
+        record_read(
+            services, reader, origin, "audit.verify", {"ok": result.ok, "entries": result.entries}
+        )
     return {"request_id": request.scope["state"]["request_id"], "head": str(head)} | (
         result.as_dict()
     )
