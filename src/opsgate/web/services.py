@@ -42,7 +42,11 @@ class Services:
         registry = build_registry()
         policy = load_policy(settings.policy, registry)
         integrations = load_integrations(settings.integrations, registry)
-        db = Database(settings.database_url)
+        db = Database(
+            settings.database_url,
+            lock_timeout=timedelta(seconds=settings.db_lock_timeout_seconds),
+            statement_timeout=timedelta(seconds=settings.db_statement_timeout_seconds),
+        )
         clock = clock or SystemClock()
         idempotency = Idempotency(
             db,
