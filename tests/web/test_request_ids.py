@@ -274,9 +274,7 @@ def test_any_malformed_id_is_ignored(
     assert_minted_everywhere(response, db, seq, logs()[seen:], None)
 
 
-def test_minted_ids_differ_between_requests(
-    client: TestClient, db: Database, world: World
-) -> None:
+def test_minted_ids_differ_between_requests(client: TestClient, db: Database, world: World) -> None:
     seq = max_seq(db)
     first = add_note(client, world, {})
     second = add_note(client, world, {"X-Request-ID": "same"})
