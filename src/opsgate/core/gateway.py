@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from opsgate.core import limits, metrics, near_duplicates, outbox, remote
@@ -38,6 +39,7 @@ from opsgate.core.errors import (
     InvalidPayload,
     LimitExceeded,
     OpsgateError,
+    TargetBusy,
     TargetNotFound,
     UnknownAction,
     error_body,
@@ -54,7 +56,7 @@ from opsgate.core.registry import (
     RiskClass,
     TargetRef,
 )
-from opsgate.db.engine import Database
+from opsgate.db.engine import Database, is_timeout
 from opsgate.db.models import AuditRecord
 
 log = structlog.get_logger("opsgate.gateway")
@@ -247,6 +249,23 @@ class Gateway:
                 exc, AuditEntry(action=spec.name, result=AuditResult.INVALID), actor, origin
             )
         envelope, target, payload = self._validate(spec, body, actor, origin)
+        try:
+            return self._claim_and_execute(spec, envelope, target, payload, actor, origin, key)
+        except DBAPIError as exc:
+            if not is_timeout(exc):
+                raise
+            self._refuse_busy(spec.name, target, actor, origin)
+
+    def _claim_and_execute(
+        self,
+        spec: ActionSpec,
+        envelope: ActionEnvelope,
+        target: TargetRef,
+        payload: BaseModel,
+        actor: Actor,
+        origin: Origin,
+        key: str | None,
+    ) -> ActionResult | Replayed:
         if key is None:
             return self._execute(spec, envelope, target, payload, actor, origin, None)
         fingerprint = request_hash(spec.name, envelope.model_dump(mode="json"))
@@ -272,6 +291,25 @@ class Gateway:
             # Nothing committed: a corrected or later retry may use the key again.
             self.idempotency.release(actor.id, key, origin.request_id)
             raise
+
+    def _refuse_busy(
+        self, action: str, target: TargetRef, actor: Actor, origin: Origin
+    ) -> NoReturn:
+        """Refuse a request whose transaction hit its lock or statement timeout (db/engine.py):
+        audited when the database lets us write; on SQLite the writer lock may still be held,
+        and then the refusal is only logged."""
+        error = TargetBusy(
+            f"{target} is busy (another operation holds it) and this request gave up; "
+            "retry shortly with the same Idempotency-Key, if any."
+        )
+        entry = AuditEntry(action=action, result=AuditResult.FAILED, target=str(target))
+        try:
+            self.audit_refusal(error, entry, actor, origin)
+        except DBAPIError as exc:
+            if not is_timeout(exc):
+                raise
+            log.warning("target_busy_unaudited", action=action, target=str(target))
+        raise error
 
     def _replay(
         self, action: str, target: TargetRef, replay: Replay, actor: Actor, origin: Origin
