@@ -101,7 +101,7 @@ def test_tokens_create_prints_a_token_that_authenticates(
     assert row.user_id == world.user_ids["alice"]
     with db.reading() as session:
         audit = session.scalars(
-            select(AuditRecord).where(AuditRecord.request_id == "cli-token-1")
+            select(AuditRecord).where(AuditRecord.client_request_id == "cli-token-1")
         ).one()
     assert (audit.actor_id, audit.credential_id) == (world.user_ids["alice"], row.id)
 

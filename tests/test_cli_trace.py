@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 from click.testing import Result
@@ -40,7 +41,15 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
     return runner.invoke(app, list(args), env={"COLUMNS": "250", **(env or {})})
 
 
-def approved_unblock(client: TestClient, world: World) -> tuple[str, str]:
+@dataclass(frozen=True)
+class Unblock:
+    approval_id: str
+    execution_id: str
+    requester_request_id: str
+    approver_request_id: str
+
+
+def approved_unblock(client: TestClient, world: World) -> Unblock:
     """Ask (rita) and approve (olga) an unblock through the API; the approval and execution IDs."""
     account = world.account()
     blocked = client.post(
@@ -68,7 +77,12 @@ def approved_unblock(client: TestClient, world: World) -> tuple[str, str]:
         | {"X-Request-ID": "approve-42", "traceparent": f"00-{APPROVER_TRACE}-{SPAN}-01"},
     )
     assert approved.status_code == 200, approved.text
-    return approval_id, str(approved.json()["execution_request_id"])
+    return Unblock(
+        approval_id,
+        str(approved.json()["execution_request_id"]),
+        asked.headers["x-request-id"],
+        approved.headers["x-request-id"],
+    )
 
 
 def audit_of(db: Database, action: str) -> list[AuditRecord]:
@@ -80,9 +94,11 @@ def audit_of(db: Database, action: str) -> list[AuditRecord]:
 def test_trace_json_lists_request_approval_and_execution_in_order(
     cli_db: TestDatabase, client: TestClient, db: Database, world: World
 ) -> None:
-    approval_id, execution_id = approved_unblock(client, world)
+    unblock = approved_unblock(client, world)
+    approval_id, execution_id = unblock.approval_id, unblock.execution_id
+    requested, approved = unblock.requester_request_id, unblock.approver_request_id
 
-    result = invoke("trace", "unblock-42", "--json")
+    result = invoke("trace", requested, "--json")
 
     assert result.exit_code == 0, (result.output, result.exception)
     events = [json.loads(line) for line in result.stdout.splitlines()]
@@ -94,27 +110,34 @@ def test_trace_json_lists_request_approval_and_execution_in_order(
         ("audit", "succeeded"),
     ]
     audit = [e for e in events if e["kind"] == "audit"]
-    assert [e["ids"]["request"] for e in audit] == ["unblock-42", "approve-42", "unblock-42"]
+    assert [e["ids"]["request"] for e in audit] == [requested, approved, requested]
     assert [e["ids"]["trace"] for e in audit] == [REQUESTER_TRACE, APPROVER_TRACE, APPROVER_TRACE]
     assert audit[2]["ids"]["execution"] == execution_id
     assert {e["ids"]["approval"] for e in events} == {approval_id}
     assert [e["at"] for e in events] == sorted(e["at"] for e in events)
     # Reading the trail is itself recorded, by the CLI, in a trace of its own.
     [read] = audit_of(db, "audit.trace")
-    assert read.parameters == {"id": "unblock-42", "events": 5}
+    assert read.parameters == {"id": requested, "events": 5}
     assert read.actor_id is not None and read.actor_id.startswith("cli:")
     assert read.trace_id is not None and is_trace_id(read.trace_id)
     assert read.trace_id not in (REQUESTER_TRACE, APPROVER_TRACE)
 
 
 def test_trace_table_by_approval_id(cli_db: TestDatabase, client: TestClient, world: World) -> None:
-    approval_id, execution_id = approved_unblock(client, world)
+    unblock = approved_unblock(client, world)
+    approval_id, execution_id = unblock.approval_id, unblock.execution_id
 
     result = invoke("trace", approval_id)
 
     assert result.exit_code == 0, (result.output, result.exception)
     text = result.stdout
-    for expected in ("approval_requested", "approved", "unblock-42", "approve-42", execution_id):
+    for expected in (
+        "approval_requested",
+        "approved",
+        unblock.requester_request_id,
+        unblock.approver_request_id,
+        execution_id,
+    ):
         assert expected in text
     rows = [line.split("│") for line in text.splitlines() if line.startswith("│ 2")]
     assert [(row[2].strip(), row[4].strip()) for row in rows] == [

@@ -46,7 +46,7 @@ def test_two_processes_serve_the_same_data(
 
     seen = httpx.get(
         f"{b.base_url}/api/v1/audit",
-        params={"request_id": "mp-block-1"},
+        params={"request_id": written.headers["X-Request-ID"]},
         headers=world.auth("audrey"),
     )
     assert seen.status_code == 200
@@ -95,7 +95,10 @@ def test_concurrent_writes_through_both_processes_are_all_recorded(
         params={"action": "customer.add_note", "limit": 100},
         headers=world.auth("audrey"),
     ).json()["items"]
-    assert sorted(item["request_id"] for item in audit) == sorted(f"mp-note-{n}" for n in range(40))
+    assert sorted(item["client_request_id"] for item in audit) == sorted(
+        f"mp-note-{n}" for n in range(40)
+    )
+    assert len({item["request_id"] for item in audit}) == 40
 
 
 def test_request_id_reaches_the_server_log_line(
@@ -113,9 +116,11 @@ def test_request_id_reaches_the_server_log_line(
         },
         headers={"Authorization": f"Bearer {token}", "X-Request-ID": "mp-log-1"},
     )
-    assert response.headers["X-Request-ID"] == "mp-log-1"
+    request_id = response.headers["X-Request-ID"]
+    assert request_id != "mp-log-1"
     a.stop()  # flush and close the log
-    lines = [line for line in a.log_lines() if line.get("request_id") == "mp-log-1"]
+    lines = [line for line in a.log_lines() if line.get("request_id") == request_id]
+    assert all(line["client_request_id"] == "mp-log-1" for line in lines)
     action = next(line for line in lines if line["event"] == "action")
     assert (action["action"], action["result"]) == ("customer.add_note", "succeeded")
     assert action["actor"] == world.user_ids["alice"]

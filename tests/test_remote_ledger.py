@@ -201,9 +201,11 @@ def test_one_request_id_through_console_ledger_logs_audit_and_trace(
             "succeeded",
         )
 
-        # (b) the ledger's log lines: the same request ID and trace.
+        # (b) the ledger's log lines: opsgate's request ID (the ledger mints its own and keeps
+        # the caller's as client_request_id) and the same trace.
         def ledger_lines() -> dict[str, dict[str, Any]] | None:
-            mine = [x for x in stack.ledger.log_lines() if x.get("request_id") == request_id]
+            lines = stack.ledger.log_lines()
+            mine = [x for x in lines if x.get("client_request_id") == request_id]
             events = {line["event"]: line for line in mine}
             return events if {"http_request", "operation"} <= set(events) else None
 

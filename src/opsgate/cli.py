@@ -610,7 +610,7 @@ def idempotency_prune() -> None:
     """Delete stored answers past their retention (OPSGATE_IDEMPOTENCY_RETENTION_HOURS)."""
     from opsgate.web.services import Services
 
-    services = Services.build(get_settings())
+    services = Services.build(get_settings(), maintenance=True)
     removed = services.gateway.idempotency.prune(services.clock.now())
     services.db.dispose()
     err.print(f"{removed} stored answer(s) pruned")
@@ -894,7 +894,8 @@ def audit_archive(
     from opsgate.web.services import Services
 
     settings = get_settings()
-    services = Services.build(settings)
+    # One bulk DELETE: not bounded by OPSGATE_DB_STATEMENT_TIMEOUT_SECONDS.
+    services = Services.build(settings, maintenance=True)
     floor = services.clock.now() - timedelta(days=settings.audit_retention_days)
     before = as_utc(before) or floor
     if before > floor:

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     # A key claimed longer ago than this by a request that never finished (its process died)
     # may be taken over by a retry; nothing of that request committed.
     idempotency_lock_timeout_seconds: int = Field(default=300, ge=5, le=3600)
+    # How long a write transaction waits for a lock (PostgreSQL `lock_timeout`; SQLite's busy
+    # timeout) and runs one statement (PostgreSQL `statement_timeout`). Both stay below the
+    # takeover timeout above, so a request stuck behind a locked target gives up first.
+    db_lock_timeout_seconds: int = Field(default=30, ge=1, le=3600)
+    db_statement_timeout_seconds: int = Field(default=60, ge=1, le=3600)
 
     # --- audit chain anchors (core/anchoring.py; docs/operations.md) ---
     # Signed heads are appended to `anchors.jsonl` here: a directory on the app host that no
@@ -128,6 +133,18 @@ class Settings(BaseSettings):
         if self.self_service_tokens is not None:
             return self.self_service_tokens
         return self.secret_key is not None
+
+    @model_validator(mode="after")
+    def _timeouts_below_takeover(self) -> Settings:
+        takeover = self.idempotency_lock_timeout_seconds
+        for name in ("db_lock_timeout_seconds", "db_statement_timeout_seconds"):
+            if getattr(self, name) >= takeover:
+                raise ValueError(
+                    f"OPSGATE_{name.upper()} must be below OPSGATE_IDEMPOTENCY_LOCK_TIMEOUT_"
+                    f"SECONDS ({takeover}): a request must give up before a retry may take "
+                    "its Idempotency-Key over"
+                )
+        return self
 
     @model_validator(mode="after")
     def _oidc_complete(self) -> Settings:

@@ -280,19 +280,21 @@ FORGED_VALUES: dict[str, Callable[[AuditRecord], Any]] = {
     "hash": lambda r: "d" * 64,
     # Set where there was none, or cleared where there was one: both change the hash.
     "trace_id": lambda r: None if r.trace_id else "f" * 32,
+    "client_request_id": lambda r: None if r.client_request_id else "forged-client-id",
 }
 
 
-def test_a_trace_id_is_hashed_when_set_and_older_records_keep_their_hash() -> None:
+@pytest.mark.parametrize("field", ["trace_id", "client_request_id"])
+def test_a_later_field_is_hashed_when_set_and_older_records_keep_their_hash(field: str) -> None:
     from opsgate.core.audit_chain import HASHED_FIELDS, hash_values
     from opsgate.core.canonical import canonical_json
 
     values = [f"value-{name}" for name in HASHED_FIELDS]
-    position = HASHED_FIELDS.index("trace_id")
+    position = HASHED_FIELDS.index(field)
     without: list[str | None] = [*values[:position], None, *values[position + 1 :]]
     legacy = {name: value for name, value in zip(HASHED_FIELDS, values, strict=True)}
-    del legacy["trace_id"]
-    # A record written before trace IDs existed hashes exactly as it did then.
+    del legacy[field]
+    # A record written before the field existed hashes exactly as it did then.
     assert hash_values(without) == hashlib.sha256(canonical_json(legacy).encode()).hexdigest()
     assert hash_values(values) != hash_values(without)
 

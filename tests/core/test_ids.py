@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from opsgate.core import ids
 from opsgate.core.ids import looks_like_id, new_id
-from opsgate.core.request_ids import accept_or_new, is_well_formed, new_request_id
+from opsgate.core.request_ids import client_request_id, is_well_formed, new_request_id
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 ID_SHAPE = re.compile(r"(?P<prefix>[a-z]+)_(?P<body>[0-9A-HJKMNP-TV-Z]{26})")
@@ -112,9 +112,9 @@ WELL_FORMED = st.text(alphabet=REQUEST_ID_CHARS, min_size=1, max_size=128)
 
 @settings(max_examples=200)
 @given(value=WELL_FORMED)
-def test_well_formed_request_ids_are_accepted_as_given(value: str) -> None:
+def test_a_well_formed_client_request_id_is_kept_as_given(value: str) -> None:
     assert is_well_formed(value)
-    assert accept_or_new(value) == value
+    assert client_request_id(value) == value
 
 
 @settings(max_examples=200)
@@ -123,34 +123,30 @@ def test_well_formed_request_ids_are_accepted_as_given(value: str) -> None:
     bad=st.characters().filter(lambda c: c not in REQUEST_ID_CHARS),
     suffix=st.text(alphabet=REQUEST_ID_CHARS, max_size=60),
 )
-def test_a_request_id_with_any_other_character_is_replaced(
+def test_a_client_request_id_with_any_other_character_is_ignored(
     prefix: str, bad: str, suffix: str
 ) -> None:
     value = prefix + bad + suffix
     assert not is_well_formed(value)
-    replaced = accept_or_new(value)
-    assert replaced != value
-    assert is_well_formed(replaced)
+    assert client_request_id(value) is None
 
 
 @settings(max_examples=50)
 @given(value=st.text(alphabet=REQUEST_ID_CHARS, min_size=129, max_size=300))
-def test_a_request_id_longer_than_128_characters_is_replaced(value: str) -> None:
+def test_a_client_request_id_longer_than_128_characters_is_ignored(value: str) -> None:
     assert not is_well_formed(value)
-    assert accept_or_new(value) != value
+    assert client_request_id(value) is None
 
 
 @pytest.mark.parametrize("value", [None, "", "abc\n", "abc def", "a/b", "ä", "x" * 129])
-def test_missing_or_malformed_request_ids_are_replaced(value: str | None) -> None:
+def test_missing_or_malformed_client_request_ids_are_ignored(value: str | None) -> None:
     assert not is_well_formed(value)
-    replaced = accept_or_new(value)
-    assert replaced.startswith("req_")
-    assert is_well_formed(replaced)
+    assert client_request_id(value) is None
 
 
 def test_exactly_128_characters_is_still_well_formed() -> None:
     assert is_well_formed("a" * 128)
-    assert accept_or_new("a" * 128) == "a" * 128
+    assert client_request_id("a" * 128) == "a" * 128
 
 
 def test_fresh_request_ids_are_well_formed_and_distinct() -> None:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError, StatementError
@@ -17,6 +17,8 @@ from sqlalchemy.exc import IntegrityError, StatementError
 from opsgate.db.base import UTCDateTime
 from opsgate.db.engine import SQLITE_BUSY_TIMEOUT_MS, Database, normalise_url
 from opsgate.domain.models import Customer, Note
+from opsgate.settings import Settings
+from opsgate.web.services import Services
 from tests.conftest import TestDatabase, World
 
 
@@ -210,3 +212,50 @@ def test_a_sqlite_reader_does_not_block_a_writer_and_keeps_its_snapshot(
         assert reader.scalar(query) == seen
     with sqlite_db.reading() as fresh:
         assert fresh.scalar(query) == seen + 1
+
+
+# --- transaction timeouts (below the idempotency takeover timeout) ---------------------------
+
+
+def timeouts(db: Database, *, write: bool) -> tuple[str, ...]:
+    with db.writing() if write else db.reading() as session:
+        if db.dialect == "sqlite":
+            return (str(session.execute(text("PRAGMA busy_timeout")).scalar()),)
+        return tuple(
+            str(session.execute(text(f"SHOW {name}")).scalar())
+            for name in ("lock_timeout", "statement_timeout")
+        )
+
+
+def test_write_transactions_carry_the_timeouts_and_reads_do_not(test_db: TestDatabase) -> None:
+    db = Database(
+        test_db.url, lock_timeout=timedelta(seconds=2), statement_timeout=timedelta(seconds=3)
+    )
+    try:
+        if test_db.backend == "sqlite":
+            assert timeouts(db, write=True) == ("2000",)
+        else:
+            assert timeouts(db, write=True) == ("2s", "3s")
+            assert timeouts(db, write=False) == ("0", "0")
+    finally:
+        db.dispose()
+
+
+def test_the_server_is_bounded_by_its_settings_and_maintenance_is_not(
+    test_db: TestDatabase,
+) -> None:
+    settings = Settings(
+        database_url=test_db.url, db_lock_timeout_seconds=7, db_statement_timeout_seconds=9
+    )
+    server = Services.build(settings)
+    maintenance = Services.build(settings, maintenance=True)
+    try:
+        if test_db.backend == "sqlite":
+            assert timeouts(server.db, write=True) == ("7000",)
+            assert timeouts(maintenance.db, write=True) == ("30000",)
+        else:
+            assert timeouts(server.db, write=True) == ("7s", "9s")
+            assert timeouts(maintenance.db, write=True) == ("0", "0")
+    finally:
+        server.db.dispose()
+        maintenance.db.dispose()

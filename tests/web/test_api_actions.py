@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from opsgate.core.clock import FrozenClock
 from opsgate.core.tokens import hash_secret, revoke_token
@@ -52,11 +52,17 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str
 
 
 def audit_rows(db: Database, request_id: str) -> list[AuditRecord]:
+    """The records of a request, by opsgate's request ID or the caller's X-Request-ID."""
     with db.reading() as session:
         return list(
             session.scalars(
                 select(AuditRecord)
-                .where(AuditRecord.request_id == request_id)
+                .where(
+                    or_(
+                        AuditRecord.request_id == request_id,
+                        AuditRecord.client_request_id == request_id,
+                    )
+                )
                 .order_by(AuditRecord.seq)
             )
         )
@@ -153,7 +159,7 @@ def test_add_note_succeeds_writes_the_note_and_one_audit_record(
     body = response.json()
     assert set(body) == {"status", "request_id", "result", "audit_id"}
     assert body["status"] == "succeeded"
-    assert body["request_id"] == "req-note-ok" == response.headers["x-request-id"]
+    assert body["request_id"] == response.headers["x-request-id"] != "req-note-ok"
     assert body["result"]["customer_id"] == customer
     with db.reading() as session:
         note = session.get(Note, body["result"]["note_id"])
@@ -219,7 +225,7 @@ def test_action_under_approval_answers_202_pending_and_changes_nothing(
     assert response.status_code == 202, response.text
     body = response.json()
     assert body["status"] == "pending_approval"
-    assert body["request_id"] == "r-u"
+    assert body["request_id"] == response.headers["x-request-id"]
     assert body["approval_id"]
     assert account_snapshot(db, account) == before
     [row] = audit_rows(db, "r-u")
@@ -544,7 +550,7 @@ def test_unblocking_an_active_account_is_refused_before_asking_for_approval(
 def test_unknown_route_is_a_404_problem(client: TestClient, world: World, path: str) -> None:
     response = client.get(path, headers={"X-Request-ID": "req-route", **world.auth("alice")})
     body = assert_problem(response, 404, "not_found")
-    assert body["request_id"] == "req-route"
+    assert body["request_id"] == response.headers["x-request-id"]
 
 
 @pytest.mark.parametrize(
@@ -562,5 +568,5 @@ def test_wrong_method_is_a_405_problem(
         method, path, headers={"X-Request-ID": "req-405", **world.auth("alice")}
     )
     body = assert_problem(response, 405, "method_not_allowed")
-    assert body["request_id"] == "req-405"
+    assert body["request_id"] == response.headers["x-request-id"]
     assert allowed in response.headers["allow"]

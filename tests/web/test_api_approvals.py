@@ -30,7 +30,7 @@ def request_unblock(client: TestClient, world: World, who: str = "rita", n: int 
     assert response.status_code == 202, response.text
     body = response.json()
     assert body["status"] == "pending_approval"
-    assert body["request_id"] == f"unblock-{n}"
+    assert body["request_id"] == response.headers["x-request-id"]
     return str(body["approval_id"])
 
 
@@ -75,8 +75,8 @@ def test_approve_executes_and_returns_the_result(client: TestClient, world: Worl
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "succeeded"
-    assert body["request_id"] == "approve-http"
-    assert body["execution_request_id"] not in (None, "approve-http", "unblock-0")
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert body["execution_request_id"] not in (None, body["request_id"])
     assert body["result"]["status"] == "active"
     detail = client.get(f"/api/v1/approvals/{approval_id}", headers=world.auth("audrey")).json()
     assert detail["status"] == "succeeded"
@@ -87,7 +87,9 @@ def test_approve_executes_and_returns_the_result(client: TestClient, world: Worl
         "succeeded",
     ]
     audit = client.get(
-        "/api/v1/audit", params={"request_id": "unblock-0"}, headers=world.auth("audrey")
+        "/api/v1/audit",
+        params={"request_id": detail["original_request_id"]},
+        headers=world.auth("audrey"),
     ).json()["items"]
     assert {item["result"] for item in audit} >= {"approval_requested", "succeeded"}
 

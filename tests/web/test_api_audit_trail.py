@@ -143,11 +143,11 @@ def test_verify_reports_ok_entries_and_head_and_is_itself_audited(
         "first_bad_seq": None,
         "problem": None,
         "head": str(head),
-        "request_id": "verify-1",
+        "request_id": response.headers["x-request-id"],
         "anchor": None,  # nothing anchored yet (tests/core/test_anchoring.py)
         "findings": [],
     }
-    [note] = [row for row in records(db) if row.request_id == "verify-1"]
+    [note] = [row for row in records(db) if row.client_request_id == "verify-1"]
     assert (note.action, note.result, note.actor_id) == (
         "audit.verify",
         "succeeded",
@@ -221,7 +221,7 @@ def test_reading_the_trail_is_audited_with_the_reader_and_the_filters(
     returned = len(response.json()["items"])
     assert returned == 3
 
-    [note] = [row for row in records(db) if row.request_id == "read-1"]
+    [note] = [row for row in records(db) if row.client_request_id == "read-1"]
     assert (note.action, note.result, note.actor_id, note.actor_name) == (
         "audit.read",
         "succeeded",
@@ -238,7 +238,7 @@ def test_a_refused_reader_is_audited_as_denied(
         "/api/v1/audit/verify", headers=world.auth("alice") | {"X-Request-ID": "read-denied"}
     )
     assert_problem(response, 403, "forbidden")
-    [note] = [row for row in records(db) if row.request_id == "read-denied"]
+    [note] = [row for row in records(db) if row.client_request_id == "read-denied"]
     assert (note.action, note.result, note.actor_id) == (
         "audit.read",
         "denied",
@@ -260,22 +260,26 @@ def test_filter_by_approval_id_and_by_execution_request_id(
     assert decided["status"] == "succeeded" and execution_id
 
     by_approval = search(client, world, approval_id=approval_id)
-    assert [(i["result"], i["request_id"]) for i in by_approval] == [
-        ("succeeded", "flt-unblock"),
+    # client_request_id: what the HTTP request that wrote the record sent (the execution
+    # runs in the approver's request, under the original request ID).
+    assert [(i["result"], i["client_request_id"]) for i in by_approval] == [
+        ("succeeded", "flt-approve"),
         ("approved", "flt-approve"),
         ("approval_requested", "flt-unblock"),
     ]
+    original_id = by_approval[2]["request_id"]
+    assert by_approval[0]["request_id"] == original_id
     assert {i["approval_id"] for i in by_approval} == {approval_id}
 
     [run] = search(client, world, request_id=execution_id)
     assert (run["result"], run["request_id"], run["execution_request_id"]) == (
         "succeeded",
-        "flt-unblock",
+        original_id,
         execution_id,
     )
     assert run["actor"]["id"] == world.user_ids["rita"]
 
-    original = search(client, world, request_id="flt-unblock")
+    original = search(client, world, request_id=original_id)
     assert [i["result"] for i in original] == ["succeeded", "approval_requested"]
 
 
@@ -307,7 +311,7 @@ def test_free_text_matches_the_reason_ignoring_case_with_wildcards_literal(
         target = f"customer:{world.customer()}"
         act(client, world, "alice", "customer.add_note", target, request_id, {"text": "t"}, reason)
     found = search(client, world, q=q)
-    assert {item["request_id"] for item in found} == expected
+    assert {item["client_request_id"] for item in found} == expected
     assert all(q.lower() in item["reason"].lower() for item in found)
 
 
@@ -397,7 +401,7 @@ def test_every_result_kind_is_recorded_and_found_by_result(
         {"comment": "ok"}, status=409,
     )  # fmt: skip
     assert answer["code"] == "stale_approval"
-    expected["stale"] = "k-s-unblock"  # the run is recorded under the original request
+    expected["stale"] = "k-approve-stale"  # the run, in the approver's request
 
     late = request_unblock(client, world, 5, "k-e")
     clock.advance(timedelta(hours=25))
@@ -460,7 +464,11 @@ def test_every_result_kind_is_recorded_and_found_by_result(
     for kind, request_id in expected.items():
         found = search(client, world, result=kind)
         assert {item["result"] for item in found} == {kind}, kind
-        assert request_id in {item["request_id"] for item in found}, kind
+        # Through the gateway the tag is the request ID; over HTTP, the caller's own ID.
+        tags = {item["request_id"] for item in found} | {
+            item["client_request_id"] for item in found
+        }
+        assert request_id in tags, kind
     assert get(client, world, "/audit/verify").json()["ok"] is True
 
 

@@ -37,10 +37,13 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str
     return body
 
 
-def audit_rows(db: Database, request_id: str) -> list[AuditRecord]:
+def audit_rows(db: Database, client_request_id: str) -> list[AuditRecord]:
+    """The records of the request that sent `client_request_id` as its X-Request-ID."""
     with db.reading() as session:
         return list(
-            session.scalars(select(AuditRecord).where(AuditRecord.request_id == request_id))
+            session.scalars(
+                select(AuditRecord).where(AuditRecord.client_request_id == client_request_id)
+            )
         )
 
 
@@ -78,8 +81,9 @@ def read_audit(client: TestClient, world: World, **params: Any) -> dict[str, Any
 
 
 @pytest.fixture
-def trail(client: TestClient, world: World, clock: FrozenClock) -> dict[str, datetime]:
-    """Four records at three instants, one minute apart; returns the instants."""
+def trail(client: TestClient, world: World, clock: FrozenClock) -> dict[str, Any]:
+    """Four records at three instants, one minute apart; returns the instants and the
+    request ID opsgate gave the denied request."""
     t0 = clock.now()
     add_note(client, world, "alice", "f-note-alice", n=0)
     clock.advance(timedelta(minutes=1))
@@ -99,18 +103,18 @@ def trail(client: TestClient, world: World, clock: FrozenClock) -> dict[str, dat
         content=b"{",
     )
     assert invalid.status_code == 422
-    return {"t0": t0, "t1": t1, "t2": t2}
+    return {"t0": t0, "t1": t1, "t2": t2, "f-deny-audrey": denied.headers["x-request-id"]}
 
 
 MINE = {"f-note-alice", "f-note-rita", "f-deny-audrey", "f-invalid-alice"}
 
 
 def mine(items: list[dict[str, Any]]) -> set[str]:
-    return {item["request_id"] for item in items} & MINE
+    return {item["client_request_id"] for item in items} & MINE
 
 
 def test_audit_filters_by_actor_action_target_request_id_and_result(
-    client: TestClient, world: World, trail: dict[str, datetime]
+    client: TestClient, world: World, trail: dict[str, Any]
 ) -> None:
     alice, rita = world.user_ids["alice"], world.user_ids["rita"]
     cases: list[tuple[dict[str, str], set[str], Any]] = [
@@ -130,7 +134,7 @@ def test_audit_filters_by_actor_action_target_request_id_and_result(
             {"f-note-rita"},
             lambda i: i["target"] == f"customer:{world.customer(1)}",
         ),
-        ({"request_id": "f-deny-audrey"}, {"f-deny-audrey"}, lambda i: True),
+        ({"request_id": trail["f-deny-audrey"]}, {"f-deny-audrey"}, lambda i: True),
         ({"result": "denied"}, {"f-deny-audrey"}, lambda i: i["result"] == "denied"),
         ({"result": "invalid"}, {"f-invalid-alice"}, lambda i: i["result"] == "invalid"),
         (
@@ -144,8 +148,8 @@ def test_audit_filters_by_actor_action_target_request_id_and_result(
         items = read_audit(client, world, **params)["items"]
         assert mine(items) == expected, params
         assert all(matches(item) for item in items), params
-    [only] = read_audit(client, world, request_id="f-deny-audrey")["items"]
-    assert only["request_id"] == "f-deny-audrey"
+    [only] = read_audit(client, world, request_id=trail["f-deny-audrey"])["items"]
+    assert only["client_request_id"] == "f-deny-audrey"
     assert only["error"] == {"code": "forbidden", "message": only["error"]["message"]}
 
 
@@ -207,7 +211,8 @@ def test_audit_pages_are_newest_first_without_duplicates_or_gaps(
 
     assert [len(page) for page in pages] == sizes
     flat = [item for page in pages for item in page]
-    assert [item["request_id"] for item in flat] == [f"page-{n}" for n in reversed(range(records))]
+    tags = [item["client_request_id"] for item in flat]
+    assert tags == [f"page-{n}" for n in reversed(range(records))]
     seqs = [item["seq"] for item in flat]
     assert seqs == sorted(seqs, reverse=True) and len(set(seqs)) == len(seqs)
     everything = read_audit(client, world, action="test.page", limit=500)["items"]
@@ -218,18 +223,18 @@ def test_audit_pages_are_stable_while_new_records_arrive(client: TestClient, wor
     for n in range(5):
         probe(client, world, f"old-{n}")
     first = read_audit(client, world, limit=2, action="test.page")
-    assert [i["request_id"] for i in first["items"]] == ["old-4", "old-3"]
+    assert [i["client_request_id"] for i in first["items"]] == ["old-4", "old-3"]
     probe(client, world, "new-0")  # newer than the cursor: belongs to no later page
 
     rest: list[str] = []
     cursor = first["next_cursor"]
     while cursor:
         body = read_audit(client, world, limit=2, cursor=cursor, action="test.page")
-        rest += [i["request_id"] for i in body["items"]]
+        rest += [i["client_request_id"] for i in body["items"]]
         cursor = body["next_cursor"]
     assert [r for r in rest if r.startswith(("old-", "new-"))] == ["old-2", "old-1", "old-0"]
     newest = read_audit(client, world, limit=1, action="test.page")["items"][0]
-    assert newest["request_id"] == "new-0"
+    assert newest["client_request_id"] == "new-0"
 
 
 @pytest.mark.parametrize("limit", ["0", "-1", "501", "10000", "ten", "1.5"])
@@ -478,7 +483,7 @@ def test_healthz_answers_without_credentials(
     assert response.status_code == 200
     assert response.json() == {
         "status": "ok",
-        "request_id": "hz-1",
+        "request_id": response.headers["x-request-id"],
         "database": test_db.backend,
         "policy_version": services.policy.version,
     }

@@ -16,7 +16,7 @@ def records_for(db: Database, request_id: str) -> list[AuditRecord]:
         return list(
             session.scalars(
                 select(AuditRecord)
-                .where(AuditRecord.request_id == request_id)
+                .where(AuditRecord.client_request_id == request_id)
                 .order_by(AuditRecord.seq)
             )
         )
@@ -79,7 +79,7 @@ def test_a_replay_is_recorded_as_an_attempt(client: TestClient, world: World, db
         "reason": "r",
     }
     headers = world.auth("alice") | {"Idempotency-Key": "k1"}
-    client.post(
+    first = client.post(
         "/api/v1/actions/payment.reverse", json=body, headers=headers | {"X-Request-ID": "a"}
     )
     client.post(
@@ -87,7 +87,10 @@ def test_a_replay_is_recorded_as_an_attempt(client: TestClient, world: World, db
     )
     [replay] = records_for(db, "b")
     assert replay.result == "replayed"
-    assert replay.outcome == {"http_status": 200, "original_request_id": "a"}
+    assert replay.outcome == {
+        "http_status": 200,
+        "original_request_id": first.headers["x-request-id"],
+    }
 
 
 def test_parameters_refused_by_the_framework_are_audited(

@@ -167,7 +167,8 @@ def test_scrape_without_a_token_is_a_401_problem_and_audited(
     assert_problem(response, 401, "unauthenticated")
     assert response.headers["www-authenticate"].startswith("Bearer")
     assert "opsgate_" not in response.text
-    assert audit_count(db, request_id="scrape-anon", action="auth.token", result="denied") == 1
+    denied = audit_count(db, client_request_id="scrape-anon", action="auth.token", result="denied")
+    assert denied == 1
 
 
 def test_only_roles_holding_metrics_read_may_scrape(
@@ -188,8 +189,8 @@ def test_only_roles_holding_metrics_read_may_scrape(
         else:
             assert_problem(response, 403, "forbidden")
             assert "opsgate_" not in response.text
-            assert audit_count(db, request_id=request_id, action="metrics.read") == 1
-            assert audit_count(db, request_id=request_id, result="denied") == 1
+            assert audit_count(db, client_request_id=request_id, action="metrics.read") == 1
+            assert audit_count(db, client_request_id=request_id, result="denied") == 1
     # Deny by default: the monitoring role may, an operator may not.
     assert decided["monitor"] and not decided["support_agent"]
 

@@ -87,7 +87,9 @@ def test_every_role_and_action_is_decided_as_the_policy_file_says(
             )
             with db.reading() as session:
                 rows = list(
-                    session.scalars(select(AuditRecord).where(AuditRecord.request_id == request_id))
+                    session.scalars(
+                        select(AuditRecord).where(AuditRecord.client_request_id == request_id)
+                    )
                 )
             assert len(rows) == 1, (role, action, response.status_code)
             [row] = rows

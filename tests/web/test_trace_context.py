@@ -44,8 +44,9 @@ def add_note(
     )
 
 
-def lines_of(logs: Logs, request_id: str) -> list[dict[str, Any]]:
-    return [line for line in logs() if line.get("request_id") == request_id]
+def lines_of(logs: Logs, client_request_id: str) -> list[dict[str, Any]]:
+    """The log lines of the request that sent `client_request_id` as its X-Request-ID."""
+    return [line for line in logs() if line.get("client_request_id") == client_request_id]
 
 
 def returned_trace(response: httpx.Response) -> tuple[str, str]:

@@ -138,14 +138,19 @@ def test_request_and_sql_spans_share_the_audit_records_trace(
     assert any("INSERT INTO audit_records" in str(s.attributes["db.statement"]) for s in sql)
     assert server.context is not None
     server_span = f"{server.context.span_id:016x}"
+    # The server span names opsgate's request ID and, beside it, the caller's own.
+    assert (server.attributes or {}).get("opsgate.request_id") == response.headers["x-request-id"]
+    assert (server.attributes or {}).get("opsgate.client_request_id") == "otel-1"
     # The IDs opsgate prints are the ones the tracing backend shows.
     returned = parse_traceparent(response.headers["traceresponse"])
     assert returned is not None
     assert (returned.trace_id, returned.span_id) == (TRACE, server_span)
     with services.db.reading() as session:
-        row = session.scalars(select(AuditRecord).where(AuditRecord.request_id == "otel-1")).one()
+        row = session.scalars(
+            select(AuditRecord).where(AuditRecord.client_request_id == "otel-1")
+        ).one()
     assert row.trace_id == TRACE
-    lines = [line for line in logs() if line.get("request_id") == "otel-1"]
+    lines = [line for line in logs() if line.get("client_request_id") == "otel-1"]
     assert {"action", "http_request"} <= {line["event"] for line in lines}
     assert {(line["trace_id"], line["span_id"]) for line in lines} == {(TRACE, server_span)}
 
@@ -160,7 +165,9 @@ def test_without_traceparent_the_audit_record_names_the_server_spans_trace(
     tracing._active.provider.force_flush()
 
     with services.db.reading() as session:
-        row = session.scalars(select(AuditRecord).where(AuditRecord.request_id == "otel-2")).one()
+        row = session.scalars(
+            select(AuditRecord).where(AuditRecord.client_request_id == "otel-2")
+        ).one()
     assert row.trace_id is not None and row.trace_id != TRACE
     [server] = [s for s in finished(exporter, row.trace_id) if s.kind == SpanKind.SERVER]
     assert server.name.startswith("POST /api/v1/actions/")

@@ -42,6 +42,7 @@ def request_unblock(client: TestClient, world: World) -> str:
         json={"target": target, "payload": {}, "reason": "customer verified by phone"},
     )
     assert held.status_code == 202, held.text
+    assert held.json()["request_id"] == held.headers["x-request-id"]
     return str(held.json()["approval_id"])
 
 
@@ -55,7 +56,9 @@ def test_the_app_delivers_events_in_the_background_and_stops_with_it(
         approval_id = request_unblock(client, world)
         [request] = receiver.wait_for(1)
         assert request.json()["approval"]["id"] == approval_id
-        assert request.headers["x-request-id"] == "req-unblock-webhook"
+        # The event names opsgate's request ID, never the caller's own X-Request-ID.
+        assert request.headers["x-request-id"] == request.json()["request_id"]
+        assert request.headers["x-request-id"] != "req-unblock-webhook"
     assert delivery_threads() == []
 
 

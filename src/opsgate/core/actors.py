@@ -24,3 +24,5 @@ class Origin:
     user_agent: str | None = None
     # The W3C trace ID (32 lowercase hex) the request belongs to.
     trace_id: str | None = None
+    # The caller's own X-Request-ID, kept beside opsgate's `request_id` (never a key).
+    client_request_id: str | None = None

@@ -108,6 +108,7 @@ def record(
         outcome=_clean(entry.outcome),
         policy_version=policy_version,
         trace_id=origin.trace_id,
+        client_request_id=origin.client_request_id,
         flags=_clean(entry.flags) if entry.flags else None,
     )
     return append(session, row)

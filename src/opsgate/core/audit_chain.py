@@ -41,10 +41,11 @@ HASHED_FIELDS = (
     "actor_id", "actor_name", "actor_roles", "credential_id", "origin_ip", "user_agent",
     "action", "target", "parameters", "reason", "result", "error_code", "error_message",
     "before", "after", "outcome", "flags", "policy_version", "prev_hash", "trace_id",
+    "client_request_id",
 )  # fmt: skip
 # Fields added after records existed: hashed only when set, so older records keep their hash
 # (and setting or clearing one later still changes the hash).
-_OPTIONAL_FIELDS = frozenset({"trace_id"})
+_OPTIONAL_FIELDS = frozenset({"trace_id", "client_request_id"})
 
 
 def _canonical_value(value: Any) -> Any:

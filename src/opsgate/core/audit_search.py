@@ -136,6 +136,7 @@ def as_dict(row: AuditRecord) -> dict[str, Any]:
         "flags": row.flags,
         "policy_version": row.policy_version,
         "trace_id": row.trace_id,
+        "client_request_id": row.client_request_id,
         "seq": row.seq,
         "prev_hash": row.prev_hash,
         "hash": row.hash,

@@ -28,6 +28,7 @@ class ProblemCode(StrEnum):
     IDEMPOTENCY_KEY_REQUIRED = "idempotency_key_required"
     IDEMPOTENCY_MISMATCH = "idempotency_mismatch"
     IDEMPOTENCY_IN_FLIGHT = "idempotency_in_flight"
+    TARGET_BUSY = "target_busy"
     LIMIT_EXCEEDED = "limit_exceeded"
     BACKEND_REJECTED = "backend_rejected"
     BACKEND_UNAVAILABLE = "backend_unavailable"
@@ -158,6 +159,15 @@ class IdempotencyInFlight(OpsgateError):
     code = ProblemCode.IDEMPOTENCY_IN_FLIGHT
     status = 409
     title = "A request with this Idempotency-Key is still running"
+
+
+class TargetBusy(OpsgateError):
+    """The action's transaction gave up waiting for a lock (the target, or SQLite's writer
+    lock) or on a statement: nothing of it committed."""
+
+    code = ProblemCode.TARGET_BUSY
+    status = 503
+    title = "The target is busy"
 
 
 class LimitExceeded(OpsgateError):

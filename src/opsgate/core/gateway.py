@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from opsgate.core import aggregates, limits, metrics, near_duplicates, outbox, remote
@@ -35,14 +36,16 @@ from opsgate.core.errors import (
     DomainError,
     DomainRejected,
     Forbidden,
+    IdempotencyInFlight,
     InvalidPayload,
     LimitExceeded,
     OpsgateError,
+    TargetBusy,
     TargetNotFound,
     UnknownAction,
     error_body,
 )
-from opsgate.core.idempotency import Idempotency, check_key, request_hash
+from opsgate.core.idempotency import ClaimLost, Idempotency, Replay, check_key, request_hash
 from opsgate.core.integrations import NO_INTEGRATIONS, Backend, Integrations
 from opsgate.core.policy import ControlMode, Policy
 from opsgate.core.redaction import redact, sensitive_fields
@@ -54,7 +57,7 @@ from opsgate.core.registry import (
     RiskClass,
     TargetRef,
 )
-from opsgate.db.engine import Database
+from opsgate.db.engine import Database, is_timeout
 from opsgate.db.models import AuditRecord
 
 log = structlog.get_logger("opsgate.gateway")
@@ -117,13 +120,19 @@ class Replayed:
 
 @dataclass(frozen=True)
 class KeyClaim:
-    """An Idempotency-Key held by the request being run."""
+    """An Idempotency-Key held by the request being run (`owner`, its request ID)."""
 
     actor_id: str
     key: str
+    owner: str
 
     def store(self, session: Session, status: int, body: Mapping[str, Any]) -> None:
-        Idempotency.complete(session, self.actor_id, self.key, status, body)
+        """Store the answer in `session`; raise ClaimLost if a retry took the key over."""
+        Idempotency.complete(session, self.actor_id, self.key, self.owner, status, body)
+
+    def hold(self, session: Session, now: datetime) -> None:
+        """Renew the claim in `session`; raise ClaimLost if a retry took the key over."""
+        Idempotency.hold(session, self.actor_id, self.key, self.owner, now)
 
 
 @dataclass(frozen=True)
@@ -241,6 +250,23 @@ class Gateway:
                 exc, AuditEntry(action=spec.name, result=AuditResult.INVALID), actor, origin
             )
         envelope, target, payload = self._validate(spec, body, actor, origin)
+        try:
+            return self._claim_and_execute(spec, envelope, target, payload, actor, origin, key)
+        except DBAPIError as exc:
+            if not is_timeout(exc):
+                raise
+            self._refuse_busy(spec.name, target, actor, origin)
+
+    def _claim_and_execute(
+        self,
+        spec: ActionSpec,
+        envelope: ActionEnvelope,
+        target: TargetRef,
+        payload: BaseModel,
+        actor: Actor,
+        origin: Origin,
+        key: str | None,
+    ) -> ActionResult | Replayed:
         if key is None:
             return self._execute(spec, envelope, target, payload, actor, origin, None)
         fingerprint = request_hash(spec.name, envelope.model_dump(mode="json"))
@@ -252,30 +278,76 @@ class Gateway:
             entry = AuditEntry(action=spec.name, result=AuditResult.INVALID, target=str(target))
             self.refuse(exc, entry, actor, origin)
         if replay is not None:
-            # A retry is an attempt too: record who repeated what, and what they were told.
-            self.audit_note(
-                AuditEntry(
-                    action=spec.name,
-                    result=AuditResult.REPLAYED,
-                    target=str(target),
-                    outcome={
-                        "http_status": replay.status,
-                        "original_request_id": replay.body.get("request_id"),
-                    },
-                ),
-                actor,
-                origin,
-            )
-            return Replayed(replay.status, replay.body)
-        claim = KeyClaim(actor.id, key)
+            return self._replay(spec.name, target, replay, actor, origin)
+        claim = KeyClaim(actor.id, key, origin.request_id)
         try:
             return self._execute(spec, envelope, target, payload, actor, origin, claim)
+        except ClaimLost:
+            # A retry took the key over while this request was slow; this request's
+            # transaction rolled back, so the retry's effect is the only one.
+            return self._after_takeover(spec.name, target, key, actor, origin)
         except (DomainRejected, BackendRejected):
             raise  # a final refusal: its answer is stored with its audit record
         except BaseException:
             # Nothing committed: a corrected or later retry may use the key again.
-            self.idempotency.release(actor.id, key)
+            self.idempotency.release(actor.id, key, origin.request_id)
             raise
+
+    def _refuse_busy(
+        self, action: str, target: TargetRef, actor: Actor, origin: Origin
+    ) -> NoReturn:
+        """Refuse a request whose transaction hit its lock or statement timeout (db/engine.py):
+        audited when the database lets us write; on SQLite the writer lock may still be held,
+        and then the refusal is only logged."""
+        error = TargetBusy(
+            f"{target} is busy (another operation holds it) and this request gave up; "
+            "retry shortly with the same Idempotency-Key, if any."
+        )
+        entry = AuditEntry(action=action, result=AuditResult.FAILED, target=str(target))
+        try:
+            self.audit_refusal(error, entry, actor, origin)
+        except DBAPIError as exc:
+            if not is_timeout(exc):
+                raise
+            log.warning("target_busy_unaudited", action=action, target=str(target))
+        raise error
+
+    def _replay(
+        self, action: str, target: TargetRef, replay: Replay, actor: Actor, origin: Origin
+    ) -> Replayed:
+        # A retry is an attempt too: record who repeated what, and what they were told.
+        self.audit_note(
+            AuditEntry(
+                action=action,
+                result=AuditResult.REPLAYED,
+                target=str(target),
+                outcome={
+                    "http_status": replay.status,
+                    "original_request_id": replay.body.get("request_id"),
+                },
+            ),
+            actor,
+            origin,
+        )
+        return Replayed(replay.status, replay.body)
+
+    def _after_takeover(
+        self, action: str, target: TargetRef, key: str, actor: Actor, origin: Origin
+    ) -> Replayed:
+        """Answer a request whose claim was taken over: the stored answer of the request
+        that took it, or `idempotency_in_flight` while that one still runs."""
+        replay = self.idempotency.stored_answer(actor.id, key)
+        if replay is not None:
+            return self._replay(action, target, replay, actor, origin)
+        self.refuse(
+            IdempotencyInFlight(
+                "This request took too long and a retry with the same Idempotency-Key took "
+                "over; nothing of it was committed. Retry shortly to get the answer."
+            ),
+            AuditEntry(action=action, result=AuditResult.INVALID, target=str(target)),
+            actor,
+            origin,
+        )
 
     def _validate(
         self, spec: ActionSpec, body: bytes | Mapping[str, Any], actor: Actor, origin: Origin
@@ -517,6 +589,8 @@ class Gateway:
         for companion in companions:
             self.write_audit(session, companion, actor, origin, now)
         aggregates.record(session, use, origin.request_id, now)
+        if claim is not None:
+            claim.hold(session, now)  # no backend call for a request whose key was taken over
         session.commit()
 
         answer = remote.call(self.backends, backend, request)

@@ -6,6 +6,14 @@ only if the effect does. Same key, same request: the stored answer is replayed. 
 another request: `idempotency_mismatch`. Same key while the first still runs:
 `idempotency_in_flight`. Validation errors, limits and crashes release the key instead, so
 a corrected retry may use it again.
+
+A claim is fenced by its owner, the request ID that holds it. A claim older than the lock
+timeout may be taken over by a retry (its request is presumed dead), but a request that was
+only slow is not dead: `complete`, `hold` and `release` act only for the owner of a claim
+still in flight, and otherwise raise `ClaimLost` (or do nothing), so the slow request's
+transaction rolls back and never commits a second effect. The server also bounds its action
+transactions' lock waits and statements below the takeover timeout (db/engine.py), so a slow
+owner normally gives up before a retry may take over.
 """
 
 from __future__ import annotations
@@ -16,8 +24,9 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError
+import structlog
+from sqlalchemy import ColumnElement, delete, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from opsgate.core.canonical import digest
@@ -29,12 +38,19 @@ from opsgate.core.errors import (
 from opsgate.db.engine import Database
 from opsgate.db.models import IdempotencyRecord
 
+log = structlog.get_logger("opsgate.idempotency")
+
 MAX_KEY_LENGTH = 255
 
 
 class KeyStatus(StrEnum):
     IN_FLIGHT = "in_flight"
     COMPLETED = "completed"
+
+
+class ClaimLost(Exception):
+    """This request no longer owns its key's claim (a retry took it over, or it is gone):
+    its transaction must roll back, and its caller is told what became of the key."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +133,9 @@ class Idempotency:
                         "The first request with this Idempotency-Key is still running; retry "
                         "shortly to get its answer."
                     )
-                row.locked_at = now  # its process died before committing anything: take over
+                # Presumed dead. If it was only slow, the fence (a new owner) keeps it from
+                # committing: complete() and hold() will raise ClaimLost for it.
+                row.locked_at = now
                 row.request_id = request_id
                 session.commit()
                 return None
@@ -125,12 +143,20 @@ class Idempotency:
 
     @staticmethod
     def complete(
-        session: Session, actor_id: str, key: str, status: int, body: Mapping[str, Any]
+        session: Session,
+        actor_id: str,
+        key: str,
+        owner: str,
+        status: int,
+        body: Mapping[str, Any],
     ) -> None:
-        """Store the first answer, in the caller's transaction (with the effect it reports)."""
+        """Store the first answer, in the caller's transaction (with the effect it reports).
+
+        Raises ClaimLost unless `owner` still holds the key in flight; the caller must then
+        roll back."""
         stored = session.execute(
             update(IdempotencyRecord)
-            .where(IdempotencyRecord.actor_id == actor_id, IdempotencyRecord.key == key)
+            .where(*_owned(actor_id, key, owner))
             .values(
                 status=KeyStatus.COMPLETED,
                 locked_at=None,
@@ -139,19 +165,41 @@ class Idempotency:
             )
             .execution_options(synchronize_session=False)
         )
-        assert stored.rowcount == 1, "complete() without a claim"  # type: ignore[attr-defined]
+        if stored.rowcount != 1:  # type: ignore[attr-defined]
+            raise ClaimLost(f"the claim on this Idempotency-Key is no longer held by {owner}")
 
-    def release(self, actor_id: str, key: str) -> None:
-        """Forget an in-flight claim whose request produced no stored answer."""
-        with self.db.writing() as session:
-            session.execute(
-                delete(IdempotencyRecord).where(
-                    IdempotencyRecord.actor_id == actor_id,
-                    IdempotencyRecord.key == key,
-                    IdempotencyRecord.status == KeyStatus.IN_FLIGHT,
-                )
-            )
-            session.commit()
+    @staticmethod
+    def hold(session: Session, actor_id: str, key: str, owner: str, now: datetime) -> None:
+        """Renew `owner`'s claim in the caller's transaction (before work that outlives it,
+        such as a backend call); raise ClaimLost when it no longer holds the key."""
+        renewed = session.execute(
+            update(IdempotencyRecord)
+            .where(*_owned(actor_id, key, owner))
+            .values(locked_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if renewed.rowcount != 1:  # type: ignore[attr-defined]
+            raise ClaimLost(f"the claim on this Idempotency-Key is no longer held by {owner}")
+
+    def release(self, actor_id: str, key: str, owner: str) -> None:
+        """Forget `owner`'s in-flight claim, whose request produced no stored answer. A
+        claim taken over by another request is left alone. If the database cannot be
+        reached, the claim stays until the lock timeout lets a retry take it over."""
+        try:
+            with self.db.writing() as session:
+                session.execute(delete(IdempotencyRecord).where(*_owned(actor_id, key, owner)))
+                session.commit()
+        except OperationalError:
+            log.warning("idempotency_release_failed", actor=actor_id, owner=owner)
+
+    def stored_answer(self, actor_id: str, key: str) -> Replay | None:
+        """The answer stored for the key, or None while it is in flight or free."""
+        with self.db.reading() as session:
+            row = session.get(IdempotencyRecord, (actor_id, key))
+            if row is None or row.status != KeyStatus.COMPLETED:
+                return None
+            assert row.response_status is not None and row.response_body is not None
+            return Replay(row.response_status, dict(row.response_body))
 
     def prune(self, now: datetime) -> int:
         """Delete stored answers past their retention; return how many."""
@@ -164,3 +212,13 @@ class Idempotency:
             session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.expires_at <= now))
             session.commit()
         return len(expired)
+
+
+def _owned(actor_id: str, key: str, owner: str) -> tuple[ColumnElement[bool], ...]:
+    """The claim on `key` that `owner` still holds in flight (the fence)."""
+    return (
+        IdempotencyRecord.actor_id == actor_id,
+        IdempotencyRecord.key == key,
+        IdempotencyRecord.status == KeyStatus.IN_FLIGHT,
+        IdempotencyRecord.request_id == owner,
+    )

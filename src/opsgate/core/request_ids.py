@@ -1,4 +1,6 @@
-"""Request IDs: honour a well-formed one from the caller, otherwise mint one."""
+"""Request IDs: always minted by opsgate. A caller's own `X-Request-ID` is never used as the
+key of anything; when well formed it is kept beside ours as `client_request_id` (logs, audit
+record, traces), and when malformed it is ignored (nothing of it is kept)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,6 @@ def new_request_id() -> str:
     return "req_" + secrets.token_hex(13)
 
 
-def accept_or_new(value: str | None) -> str:
-    """Return `value` when it is well formed, else a fresh request ID."""
-    return value if value is not None and is_well_formed(value) else new_request_id()
+def client_request_id(value: str | None) -> str | None:
+    """The caller's `X-Request-ID` to keep beside ours: `value` when well formed, else None."""
+    return value if is_well_formed(value) else None

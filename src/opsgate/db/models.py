@@ -128,6 +128,9 @@ class AuditRecord(Base):
     # The W3C trace ID (32 hex) of the request that wrote it; hashed only when set, so the
     # records chained before traces existed keep their hashes.
     trace_id: Mapped[str | None] = mapped_column(String(32))
+    # The caller's own X-Request-ID, when it sent a well-formed one (never a key: the
+    # request ID is always opsgate's); hashed only when set, like `trace_id`.
+    client_request_id: Mapped[str | None] = mapped_column(String(128))
 
     __table_args__ = (
         Index("ix_audit_records_request_id", "request_id"),

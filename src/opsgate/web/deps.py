@@ -31,6 +31,7 @@ def origin_of(request: Request) -> Origin:
         ip=request.client.host if request.client else None,
         user_agent=request.headers.get("user-agent"),
         trace_id=request.scope["state"].get("trace_id"),
+        client_request_id=request.scope["state"].get("client_request_id"),
     )
 
 

@@ -36,13 +36,23 @@ class Services:
     integrations: Integrations = NO_INTEGRATIONS
 
     @classmethod
-    def build(cls, settings: Settings, *, clock: Clock | None = None) -> Services:
+    def build(
+        cls, settings: Settings, *, clock: Clock | None = None, maintenance: bool = False
+    ) -> Services:
         """Load and validate the policy and the integrations, open the database; raise
-        PolicyError or IntegrationsError naming every problem."""
+        PolicyError or IntegrationsError naming every problem. Write transactions are bounded
+        by the database timeouts, except for `maintenance` (bulk deletes by the CLI)."""
         registry = build_registry()
         policy = load_policy(settings.policy, registry)
         integrations = load_integrations(settings.integrations, registry)
-        db = Database(settings.database_url)
+        if maintenance:
+            db = Database(settings.database_url)
+        else:
+            db = Database(
+                settings.database_url,
+                lock_timeout=timedelta(seconds=settings.db_lock_timeout_seconds),
+                statement_timeout=timedelta(seconds=settings.db_statement_timeout_seconds),
+            )
         clock = clock or SystemClock()
         idempotency = Idempotency(
             db,

@@ -25,7 +25,7 @@ from starlette.datastructures import Headers
 from starlette.types import Scope
 
 from opsgate import __version__
-from opsgate.core.request_ids import accept_or_new
+from opsgate.core.request_ids import client_request_id, new_request_id
 from opsgate.core.tracing import TraceParent, activate, bridge, continue_or_start
 
 if TYPE_CHECKING:
@@ -217,19 +217,36 @@ def request_trace(traceparent: str | None) -> TraceParent:
 
 
 def open_request(scope: Scope, **context: Any) -> tuple[str, TraceParent]:
-    """Start an HTTP request's context, for any opsgate service's outermost middleware: its
-    request ID (the caller's `X-Request-ID` when well formed, else a new one) and its trace
-    (`request_trace`), made current, kept in the scope's state, and bound with `context` to
-    every log line of the request."""
+    """Start an HTTP request's context, for any opsgate service's outermost middleware: a
+    new request ID (never the caller's), the caller's well-formed `X-Request-ID` kept as
+    `client_request_id`, and its trace (`request_trace`), made current, kept in the scope's
+    state, and bound with `context` to every log line of the request (and, when tracing is
+    on, set on the server span)."""
     headers = Headers(scope=scope)
-    request_id = accept_or_new(headers.get("x-request-id"))
+    request_id = new_request_id()
+    client_id = client_request_id(headers.get("x-request-id"))
     trace = request_trace(headers.get("traceparent"))
     activate(trace)
     state: dict[str, Any] = scope.setdefault("state", {})
     state["request_id"] = request_id
+    state["client_request_id"] = client_id
     state["trace_id"] = trace.trace_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(
         **context, request_id=request_id, trace_id=trace.trace_id, span_id=trace.span_id
     )
+    if client_id is not None:
+        structlog.contextvars.bind_contextvars(client_request_id=client_id)
+    _annotate_span(request_id, client_id)
     return request_id, trace
+
+
+def _annotate_span(request_id: str, client_id: str | None) -> None:
+    if _active is None:
+        return
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    span.set_attribute("opsgate.request_id", request_id)
+    if client_id is not None:
+        span.set_attribute("opsgate.client_request_id", client_id)

@@ -8,6 +8,8 @@ import io
 import re
 from collections.abc import Callable
 
+from fastapi.testclient import TestClient
+
 from opsgate.web.services import Services
 from tests.conftest import World
 from tests.web.console.conftest import Browser, audit_rows, key_of
@@ -105,3 +107,20 @@ def test_metrics_draw_volumes_and_time_to_decision(
     assert '<th scope="row">account.unblock</th>' in page.text
     empty = browser("audrey").get("/console/metrics", params={"days": 1})
     assert empty.status_code == 200
+
+
+def test_the_audit_log_shows_a_callers_own_request_id_beside_opsgates(
+    browser: Callable[..., Browser], client: TestClient, world: World
+) -> None:
+    sent = client.post(
+        "/api/v1/actions/customer.add_note",
+        headers=world.auth("alice") | {"X-Request-ID": "ticket-4711"},
+        json={"target": f"customer:{world.customer()}", "payload": {"text": "t"}, "reason": "r"},
+    )
+    assert sent.status_code == 200, sent.text
+    request_id = sent.headers["x-request-id"]
+    page = browser("audrey").get("/console/audit", params={"request_id": request_id})
+    assert page.status_code == 200
+    cell = re.search(rf"<code>{request_id}</code></a>(.*?)</td>", page.text)
+    assert cell is not None
+    assert "client <code>ticket-4711</code>" in cell.group(1)

@@ -14,8 +14,8 @@ from alembic import op
 
 import opsgate.db.base
 
-revision: str = "0014"
-down_revision: str | None = "0013"
+revision: str = "0011"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
