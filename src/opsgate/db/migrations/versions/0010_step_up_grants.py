@@ -1,7 +1,7 @@
 """step-up grants: a fresh proof of identity for money-moving approvals through the API
 
-Revision ID: 0013
-Revises: 0007
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-04 19:40:00
 """
 

@@ -1,7 +1,7 @@
 """token ownership (service accounts, who minted a token where) and refused-authentication windows
 
-Revision ID: 0014
-Revises: 0007
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-04 19:40:00.000000
 """
 
