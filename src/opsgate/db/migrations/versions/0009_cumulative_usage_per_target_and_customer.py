@@ -5,7 +5,7 @@ holds the use, so that policy conditions can add up a target's, a customer's and
 requests (core/aggregates.py).
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-04 19:40:00.000000
 """
 
