@@ -20,6 +20,7 @@ from opsgate.domain.models import Account, Payment
 from opsgate.domain.seed import DEMO_USERS
 from opsgate.web.services import Services
 from tests.conftest import World, demo_policy_with, services_with_policy
+from tests.step_ups import stepped_up
 
 ROLES = {username: frozenset(roles) for username, _name, roles in DEMO_USERS}
 DEMO_REVERSAL_TIERS = """tiers = [
@@ -242,8 +243,9 @@ def test_an_approved_and_executed_request_keeps_counting(
     gated = with_reversal_tiers(services, GOODWILL_ALWAYS_HELD)
     [payment] = payments_of_different_customers(db, 1, at_least=12_000)
     first = reverse(gated, world, payment.id, 6_000, "exec-1", reason_code="goodwill")
+    rita, proof = stepped_up(db, actor(world, "rita"), gated.clock.now())
     done = gated.approvals.decide(
-        first.approval_id, actor(world, "rita"), Decision.APPROVE, None, Origin("exec-ok")
+        first.approval_id, rita, Decision.APPROVE, None, Origin("exec-ok"), step_up=proof
     )
     assert done.status == "succeeded"
     assert reverse(gated, world, payment.id, 6_000, "exec-2").status == "pending_approval"
