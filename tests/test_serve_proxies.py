@@ -107,7 +107,9 @@ def test_without_a_trusted_proxy_setting_the_proxy_is_one_address(
     assert _sign_in(untrusting, "198.51.100.2", "alice", PASSWORD) == 429
 
 
-def test_serve_hands_the_trusted_proxies_to_uvicorn(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_hands_the_trusted_proxies_to_uvicorn(
+    monkeypatch: pytest.MonkeyPatch, test_db: TestDatabase
+) -> None:
     import uvicorn
     from typer.testing import CliRunner
 
@@ -118,6 +120,8 @@ def test_serve_hands_the_trusted_proxies_to_uvicorn(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: runs.append(kwargs))
     monkeypatch.delenv("OPSGATE_FORWARDED_ALLOW_IPS", raising=False)
     monkeypatch.delenv("OPSGATE_POLICY", raising=False)
+    # `serve` checks the audit chain of a migrated database before it starts.
+    monkeypatch.setenv("OPSGATE_DATABASE_URL", test_db.url)
     get_settings.cache_clear()
     runner = CliRunner()
     assert runner.invoke(app, ["serve"]).exit_code == 0

@@ -19,6 +19,7 @@ from opsgate.domain.models import Account, LedgerEntry, Payment, PaymentReversal
 from opsgate.domain.seed import DEMO_USERS
 from opsgate.web.services import Services
 from tests.conftest import World, demo_policy_with, services_with_policy
+from tests.step_ups import stepped_up
 
 ROLES = {username: frozenset(roles) for username, _name, roles in DEMO_USERS}
 
@@ -236,8 +237,9 @@ def test_approved_adjustment_posts_against_adjustments_account(
         Origin("adj-1"),
         "adj-1",
     )
+    olga, proof = stepped_up(db, actor(world, "olga"), services.clock.now())
     done = services.approvals.decide(
-        pending.approval_id, actor(world, "olga"), Decision.APPROVE, None, Origin("adj-ok")
+        pending.approval_id, olga, Decision.APPROVE, None, Origin("adj-ok"), step_up=proof
     )
     assert done.status == "succeeded"
     with db.reading() as session:
