@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     # Deliver webhook events from a background thread of each `opsgate serve` process. Off:
     # run `opsgate webhooks deliver` instead (events are queued either way).
     webhook_delivery: bool = True
+    # Request bodies (web/bounded_input.py): refused (413) beyond these sizes before they are
+    # read, the smaller for requests that carry no credentials at all; and (408) when the whole
+    # body has not arrived within the read timeout.
+    body_limit_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    body_limit_unauthenticated_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
+    body_read_timeout_seconds: float = Field(default=10, gt=0, le=300)
 
     # --- the operator console (docs/console.md) ---
     # Signs session cookies and CSRF tokens; every process of one deployment needs the same.
