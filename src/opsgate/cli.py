@@ -150,6 +150,10 @@ def serve(
         workers=workers,
         access_log=False,
         log_level=settings.log_level.lower(),
+        # An idle keep-alive connection is closed after this; bodies have their own read
+        # deadline (web/bounded_input.py); with h11, an unfinished header block is bounded.
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
+        h11_max_incomplete_event_size=64 * 1024,
     )
 
 

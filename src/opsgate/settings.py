@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     body_limit_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     body_limit_unauthenticated_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
     body_read_timeout_seconds: float = Field(default=10, gt=0, le=300)
+    # `opsgate serve`: an idle keep-alive connection is closed after this many seconds.
+    keep_alive_timeout_seconds: int = Field(default=5, ge=1, le=300)
 
     # --- the operator console (docs/console.md) ---
     # Signs session cookies and CSRF tokens; every process of one deployment needs the same.
