@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 # Deeper than any opsgate payload needs (envelopes are three levels), far below recursion limits.
@@ -54,7 +54,7 @@ def _message(kind: str) -> str:
 
 
 def _problems(value: Any, loc: Location, depth: int) -> Iterator[dict[str, Any]]:
-    # Iterative in spirit: recursion stops at MAX_JSON_DEPTH + 1, far from Python's limit.
+    # The recursion stops at MAX_JSON_DEPTH + 1 levels, far below Python's limit.
     if depth > MAX_JSON_DEPTH:
         yield problem(list(loc), "json_too_deep")
         return
@@ -62,7 +62,7 @@ def _problems(value: Any, loc: Location, depth: int) -> Iterator[dict[str, Any]]
         kind = unsafe_character(value)
         if kind:
             yield problem(list(loc), kind)
-    elif isinstance(value, dict):
+    elif isinstance(value, Mapping):
         for key, item in value.items():
             kind = unsafe_character(key) if isinstance(key, str) else None
             if kind:  # the key itself is the problem: do not name it

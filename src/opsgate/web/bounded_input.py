@@ -36,6 +36,7 @@ from opsgate.web.security import SESSION_COOKIE
 from opsgate.web.services import Services
 
 _FORM = "application/x-www-form-urlencoded"
+_PARSE_INLINE_BYTES = 64 * 1024
 
 
 class _ClientGone(Exception):
@@ -109,14 +110,19 @@ class BoundedInputMiddleware:
         try:
             check_request_line(scope)
             body = await self._read(headers, receive, limit, params)
-            check_body(headers, body)
+            if len(body) > _PARSE_INLINE_BYTES:  # parsing a large body would stall the loop
+                await run_in_threadpool(check_body, headers, body)
+            else:
+                check_body(headers, body)
         except _ClientGone:
             return
         except UnsafeInput as exc:
             error: OpsgateError = InvalidPayload(
                 "The request holds input opsgate cannot accept.", errors=exc.errors
             )
-            await self._refuse(scope, send, error, {"errors": exc.errors})
+            # Where and what kind, never the value: the refusal's own record must be writable.
+            where = [{"loc": e["loc"], "type": e["type"]} for e in exc.errors]
+            await self._refuse(scope, send, error, {"errors": where})
             return
         except OpsgateError as exc:
             await self._refuse(scope, send, exc, params)
@@ -163,19 +169,15 @@ class BoundedInputMiddleware:
         entry = AuditEntry(
             action=f"http:{scope['method']} {path}"[:128],
             result=AuditResult.INVALID,
-            parameters={k: v for k, v in params.items() if k != "errors"}
-            | (
-                {"errors": [{"loc": e["loc"], "type": e["type"]} for e in params["errors"]]}
-                if "errors" in params
-                else {}
-            ),
+            parameters=params,
         )
         await run_in_threadpool(
             self.services.gateway.audit_refusal, error, entry, None, origin_of(request)
         )
         response = from_error(error, str(scope["state"]["request_id"]))
-        # The rest of the body is never read: the connection cannot carry another request.
-        response.headers["Connection"] = "close"
+        if isinstance(error, PayloadTooLarge | RequestTimeout):
+            # The rest of the body is never read: the connection cannot carry another request.
+            response.headers["Connection"] = "close"
         await response(scope, _nothing, send)
 
 
