@@ -43,6 +43,7 @@ def run_schemathesis(
     base_url: str, token: str, out: Path, *, examples: int, seed: int | None, workers: int
 ) -> FuzzResult:
     """Run schemathesis against the server at `base_url` with `token`; reports go to `out`."""
+    out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     command = [
         *schemathesis_command(),
@@ -64,7 +65,8 @@ def run_schemathesis(
         str(out),
         *(["--seed", str(seed)] if seed is not None else []),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    # Run in `out`: schemathesis keeps its own cache (`.schemathesis/`) in the working directory.
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=out)
     output = done.stdout + done.stderr
     (out / "schemathesis.txt").write_text(output, encoding="utf-8")
     found = _CASES.search(done.stdout)

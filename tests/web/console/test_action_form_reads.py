@@ -10,7 +10,6 @@ from opsgate.web.services import Services
 from tests.conftest import World
 from tests.web.console.conftest import Browser, audit_rows
 
-
 SHOWN = 'id="target-title"'  # the card with the target's state (its balance, for an account)
 
 
