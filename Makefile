@@ -97,6 +97,13 @@ soak: $(STAMP) ## Soak: SOAK_SECONDS of traffic with random kills, then check ev
 bench: $(STAMP) ## Benchmarks (governed vs bare action path on SQLite and PostgreSQL)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+# Schemathesis against the API's OpenAPI schema on SQLite and PostgreSQL (a seeded server per
+# database): fails on any 5xx. Over 20,000 cases a database; FUZZ_ARGS='--max-examples 50' is
+# a quick look. Reports in test-output/fuzz/<backend>/.
+.PHONY: fuzz
+fuzz: $(STAMP) ## Fuzz the API from its OpenAPI schema on both databases (no 5xx allowed)
+	OPSGATE_BENCH_POSTGRES_URL=$(OPSGATE_TEST_POSTGRES_URL) $(BIN)/python -m bench.fuzz $(FUZZ_ARGS)
+
 .PHONY: clean
 clean: ## Remove the virtualenv, caches and the local SQLite database
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache opsgate.db opsgate.db-wal opsgate.db-shm ledger.db ledger.db-wal ledger.db-shm audit-anchors

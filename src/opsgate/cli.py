@@ -206,6 +206,10 @@ def serve(
         # believe any caller on 127.0.0.1, and FORWARDED_ALLOW_IPS from the environment).
         proxy_headers=bool(trusted),
         forwarded_allow_ips=trusted or None,
+        # An idle keep-alive connection is closed after this; bodies have their own read
+        # deadline (web/bounded_input.py); with h11, an unfinished header block is bounded.
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
+        h11_max_incomplete_event_size=64 * 1024,
     )
 
 

@@ -90,6 +90,16 @@ class Settings(BaseSettings):
     # record is flagged `search_probing`.
     search_flag_misses: int = Field(default=20, ge=1, le=100_000)
 
+    # --- bounded input (docs/operations.md) ---
+    # Request bodies (web/bounded_input.py): refused (413) beyond these sizes before they are
+    # read, the smaller for requests that carry no credentials at all; and (408) when the whole
+    # body has not arrived within the read timeout.
+    body_limit_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    body_limit_unauthenticated_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
+    body_read_timeout_seconds: float = Field(default=10, gt=0, le=300)
+    # `opsgate serve`: an idle keep-alive connection is closed after this many seconds.
+    keep_alive_timeout_seconds: int = Field(default=5, ge=1, le=300)
+
     # --- the operator console (docs/console.md) ---
     # Signs session cookies and CSRF tokens; every process of one deployment needs the same.
     # Unset: a development key is generated once into `secret_key_file` (not for production).

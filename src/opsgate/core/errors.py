@@ -35,6 +35,10 @@ class ProblemCode(StrEnum):
     BACKEND_TIMEOUT = "backend_timeout"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    BAD_REQUEST = "bad_request"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -204,6 +208,18 @@ class NotFound(OpsgateError):
     code = ProblemCode.NOT_FOUND
     status = 404
     title = "Not found"
+
+
+class PayloadTooLarge(OpsgateError):
+    code = ProblemCode.PAYLOAD_TOO_LARGE
+    status = 413
+    title = "The request body is too large"
+
+
+class RequestTimeout(OpsgateError):
+    code = ProblemCode.REQUEST_TIMEOUT
+    status = 408
+    title = "The request body did not arrive in time"
 
 
 class DomainError(Exception):

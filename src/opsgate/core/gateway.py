@@ -12,7 +12,6 @@ handler's partial effects are rolled back before its refusal is recorded.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -46,6 +45,7 @@ from opsgate.core.errors import (
     error_body,
 )
 from opsgate.core.idempotency import ClaimLost, Idempotency, Replay, check_key, request_hash
+from opsgate.core.input_checks import UnsafeInput, check_value, load_json
 from opsgate.core.integrations import NO_INTEGRATIONS, Backend, Integrations
 from opsgate.core.policy import ControlMode, Policy
 from opsgate.core.redaction import redact, sensitive_fields
@@ -362,11 +362,16 @@ class Gateway:
                 origin,
             )
 
-        if isinstance(body, bytes):
-            try:
-                body = json.loads(body) if body.strip() else {}
-            except (ValueError, UnicodeDecodeError) as exc:
-                invalid("The request body is not valid JSON.", [{"loc": ["body"], "msg": str(exc)}])
+        try:
+            if isinstance(body, bytes):
+                body = load_json(body) if body.strip() else {}
+            else:
+                check_value(body)  # a console form or another caller: the same refusal
+        except UnsafeInput as exc:
+            # The offending value is not repeated: the refusal's record must be writable.
+            invalid("The request body holds text opsgate cannot accept.", exc.errors)
+        except ValueError as exc:  # UnicodeDecodeError included
+            invalid("The request body is not valid JSON.", [{"loc": ["body"], "msg": str(exc)}])
         try:
             envelope = ActionEnvelope.model_validate(body)
         except ValidationError as exc:

@@ -15,10 +15,12 @@ from opsgate.core.reconcile import ReconcileLoop
 from opsgate.core.webhooks import start_delivery
 from opsgate.logging import configure_logging
 from opsgate.settings import Settings, get_settings
-from opsgate.web import bench, console, problems
+from opsgate.web import bench, console, docs, problems
 from opsgate.web.api import actions, approvals, audit, controls, health, metrics, search, step_up
+from opsgate.web.bounded_input import BoundedInputMiddleware
 from opsgate.web.deps import refusals_of
 from opsgate.web.middleware import RequestContextMiddleware
+from opsgate.web.security import SecurityHeadersMiddleware
 from opsgate.web.services import Services
 from opsgate.web.tracing import setup as setup_tracing
 
@@ -73,7 +75,7 @@ def create_app(
         version=__version__,
         summary="The internal control layer for fintech operations.",
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
+        docs_url=None,  # served from our own origin (web/docs.py)
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -85,6 +87,11 @@ def create_app(
     if settings.bench_endpoints:
         app.include_router(bench.router)
     console.install(app, settings)
+    docs.install(app)
+    # Outermost last: request context (ID, logs), then security headers on every response,
+    # then the body bounded and checked before any route, or its authentication, runs.
+    app.add_middleware(BoundedInputMiddleware, services=services)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(RequestContextMiddleware)
     # OpenTelemetry only when the OTEL_ variables ask for it (web/tracing.py).
     app.state.tracing = setup_tracing(app, services.db.engine)

@@ -73,6 +73,43 @@ def _audit_invalid_request(request: Request, errors: list[dict[str, Any]]) -> No
     services.gateway.audit_refusal(error, entry, request.scope["state"].get("actor"), origin)
 
 
+# Every 4xx has its own code: `internal_error` is for 5xx alone.
+HTTP_CODES = {
+    400: ProblemCode.BAD_REQUEST,
+    401: ProblemCode.UNAUTHENTICATED,
+    403: ProblemCode.FORBIDDEN,
+    404: ProblemCode.NOT_FOUND,
+    405: ProblemCode.METHOD_NOT_ALLOWED,
+    408: ProblemCode.REQUEST_TIMEOUT,
+    413: ProblemCode.PAYLOAD_TOO_LARGE,
+    415: ProblemCode.UNSUPPORTED_MEDIA_TYPE,
+    422: ProblemCode.INVALID_PAYLOAD,
+    429: ProblemCode.LIMIT_EXCEEDED,
+}
+# An unknown page or method is not a refusal of anything; every other 4xx is audited.
+UNAUDITED_STATUSES = frozenset({404, 405})
+
+
+def http_code(status: int) -> ProblemCode:
+    """The problem code of an HTTP error raised by the framework or a route."""
+    fallback = ProblemCode.BAD_REQUEST if status < 500 else ProblemCode.INTERNAL_ERROR
+    return HTTP_CODES.get(status, fallback)
+
+
+def _audit_http_refusal(request: Request, status: int, code: ProblemCode) -> None:
+    """A framework-level client error (e.g. a body FastAPI could not parse) is a refusal too."""
+    services = request.app.state.services
+    entry = AuditEntry(
+        action=f"http:{request.method} {request.url.path}"[:128],
+        result=AuditResult.INVALID,
+        parameters={"status": status},
+        error_code=code.value,
+    )
+    error = OpsgateError(f"HTTP {status}")
+    actor = request.scope["state"].get("actor")
+    services.gateway.audit_refusal(error, entry, actor, origin_of(request))
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into a problem response."""
 
@@ -95,9 +132,9 @@ def install(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        code = {404: ProblemCode.NOT_FOUND, 405: ProblemCode.METHOD_NOT_ALLOWED}.get(
-            exc.status_code, ProblemCode.INTERNAL_ERROR
-        )
+        code = http_code(exc.status_code)
+        if 400 <= exc.status_code < 500 and exc.status_code not in UNAUDITED_STATUSES:
+            await run_in_threadpool(_audit_http_refusal, request, exc.status_code, code)
         return problem(
             status=exc.status_code,
             code=code,

@@ -47,20 +47,25 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "default-src 'none'",
         "script-src 'self'",
         "style-src 'self'",
-        "img-src 'self'",
+        # Swagger UI's stylesheet draws its icons from data: URLs.
+        "img-src 'self' data:",
         "connect-src 'self'",
         "form-action 'self'",
         "frame-ancestors 'none'",
         "base-uri 'none'",
     )
 )
+# JSON and problem responses: nothing in them may load, run or be framed.
+API_CONTENT_SECURITY_POLICY = "default-src 'none'; frame-ancestors 'none'"
 SECURITY_HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
+# Files that are the same for everyone (the console's CSS and JS, the docs' Swagger UI) may be
+# cached; every other response may carry personal or audit data and is never stored.
+CACHEABLE_PREFIXES = (STATIC_PREFIX, "/api/v1/docs/assets")
 
 
 def _generated_key(path: Path) -> str:
@@ -162,25 +167,31 @@ def cookie_secure(request: Request, configured: bool | None) -> bool:
 
 
 class SecurityHeadersMiddleware:
-    """Security headers on the console, its static files and `/`; `no-store` on every
-    console page, since nearly all of them show customer or audit data."""
+    """Security headers on every response: API, problems, console, docs and static files.
+    HTML pages get the console's Content-Security-Policy, everything else one that allows
+    nothing; `no-store` on all but the static files."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        if not (path == "/" or path.startswith(CONSOLE_PREFIX)):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        dynamic = not path.startswith(STATIC_PREFIX)
+        path: str = scope.get("path", "")
+        cacheable = path.startswith(CACHEABLE_PREFIXES)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS.items():
                     headers[name] = value
-                if dynamic:
+                html = headers.get("content-type", "").startswith("text/html")
+                page = html or path == "/" or path.startswith((CONSOLE_PREFIX, "/api/v1/docs"))
+                headers["Content-Security-Policy"] = (
+                    CONTENT_SECURITY_POLICY if page else API_CONTENT_SECURITY_POLICY
+                )
+                if not cacheable:
                     headers["Cache-Control"] = "no-store"
             await send(message)
 

@@ -140,14 +140,6 @@ def test_no_inline_script_style_or_event_handler_in_any_template() -> None:
         assert "|safe" not in text.replace(" ", ""), template.name
 
 
-def test_the_api_keeps_its_own_headers(client: object, world: World) -> None:
-    from fastapi.testclient import TestClient
-
-    assert isinstance(client, TestClient)
-    response = client.get("/api/v1/healthz")
-    assert "content-security-policy" not in response.headers
-
-
 def test_a_development_key_is_generated_once_and_kept(tmp_path: Path) -> None:
     path = tmp_path / "keys" / "secret"
     settings = Settings(secret_key_file=path)

@@ -20,6 +20,7 @@ from opsgate.core.policy import Capability
 from opsgate.core.redaction import redact, sensitive_fields
 from opsgate.core.registry import TargetRef
 from opsgate.db.models import ApprovalRequest, AuditRecord
+from opsgate.web.api.filters import FilterDate
 from opsgate.web.deps import CurrentActor, OriginDep, ServicesDep
 from opsgate.web.services import Services
 
@@ -167,8 +168,8 @@ def metrics(
     services: ServicesDep,
     actor: CurrentActor,
     origin: OriginDep,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: FilterDate = None,
+    until: FilterDate = None,
 ) -> dict[str, Any]:
     """Per action: volumes, approval rate, time to decision, rubber-stamp signal, approvers."""
     services.require(actor, Capability.AUDIT_READ, origin)

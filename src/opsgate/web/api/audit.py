@@ -4,7 +4,6 @@ audit trail is itself recorded in it (PCI DSS 10.2.1.3)."""
 from __future__ import annotations
 
 import contextlib
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -16,6 +15,7 @@ from opsgate.core.audit import AuditEntry, AuditResult
 from opsgate.core.clock import as_utc
 from opsgate.core.errors import InvalidPayload
 from opsgate.core.policy import Capability
+from opsgate.web.api.filters import FilterDate
 from opsgate.web.deps import OriginDep, ServicesDep, require
 from opsgate.web.services import Services
 
@@ -50,8 +50,8 @@ def search_audit(
     request_id: Annotated[str | None, Query(max_length=128)] = None,
     approval_id: Annotated[str | None, Query(max_length=40)] = None,
     result: Annotated[str | None, Query(max_length=32)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: FilterDate = None,
+    until: FilterDate = None,
     q: Annotated[str | None, Query(max_length=200, description="Text in the reason")] = None,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=audit_search.MAX_LIMIT)] = 50,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from opsgate.core import controls_report
 from opsgate.core.clock import as_utc
 from opsgate.core.policy import Capability
+from opsgate.web.api.filters import FilterDate
 from opsgate.web.deps import ServicesDep, require
 
 router = APIRouter(tags=["controls"])
@@ -19,8 +20,8 @@ router = APIRouter(tags=["controls"])
 def report(
     request: Request,
     services: ServicesDep,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: FilterDate = None,
+    until: FilterDate = None,
 ) -> dict[str, Any]:
     """For each control in monitor mode: how often it would have fired, by action and actor."""
     until = as_utc(until) or services.clock.now()

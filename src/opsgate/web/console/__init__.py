@@ -25,7 +25,6 @@ from opsgate.web.console import (
 )
 from opsgate.web.console.auth import csrf_protect
 from opsgate.web.console.state import STATIC, ConsoleState
-from opsgate.web.security import SecurityHeadersMiddleware
 
 
 def install(app: FastAPI, settings: Settings) -> None:
@@ -45,5 +44,3 @@ def install(app: FastAPI, settings: Settings) -> None:
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
         return RedirectResponse("/console", status_code=307)
-
-    app.add_middleware(SecurityHeadersMiddleware)

@@ -11,13 +11,16 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from opsgate.core.actors import Origin
+from opsgate.core.audit import AuditEntry, AuditResult
 from opsgate.core.errors import OpsgateError
 from opsgate.core.gateway import ActionResult, Replayed
+from opsgate.core.input_checks import unsafe_character
+from opsgate.core.policy import Capability
 from opsgate.core.registry import ActionSpec, RiskClass
 from opsgate.db.models import ApprovalRequest
 from opsgate.web.console import outcomes
 from opsgate.web.console.auth import ConsoleRoute, Viewer, ViewerDep
-from opsgate.web.console.customer_reads import TargetSummary, target_summary
+from opsgate.web.console.customer_reads import READ_ACTION, TargetSummary, target_summary
 from opsgate.web.console.forms import (
     FormField,
     Submission,
@@ -51,6 +54,31 @@ def _target(services: Services, spec: ActionSpec, target: str) -> TargetSummary:
             404, f"{spec.name} acts on a {spec.target_kind}, not a {summary.ref.kind}."
         )
     return summary
+
+
+def may_see_target(services: Services, viewer: Viewer, spec: ActionSpec) -> bool:
+    """A target's state (a balance, an amount) is shown to those who may act on it with this
+    action, or who may read records anyway; no one else."""
+    return services.policy.may_start(viewer.actor.roles, spec.name) or (
+        services.policy.has(viewer.actor.roles, Capability.RECORDS_SEARCH)
+    )
+
+
+def _record_read(
+    services: Services, viewer: Viewer, spec: ActionSpec, summary: TargetSummary, origin: Origin
+) -> None:
+    # The state shows money or (for customers) personal data: a read, recorded as the
+    # customer page's is.
+    services.gateway.audit_note(
+        AuditEntry(
+            action=READ_ACTION,
+            result=AuditResult.SUCCEEDED,
+            target=str(summary.ref),
+            parameters={"shown_by": "action_form", "action": spec.name},
+        ),
+        viewer.actor,
+        origin,
+    )
 
 
 def _page(
@@ -94,10 +122,16 @@ def action_form(
     request: Request,
     viewer: ViewerDep,
     services: ServicesDep,
+    origin: OriginDep,
     target: Annotated[str, Query(min_length=3, max_length=200)],
 ) -> Response:
     spec = _spec(services, name)
+    if not may_see_target(services, viewer, spec):
+        # Refused (audited, 403 `forbidden`) before the target is looked up: whether it
+        # exists is not told either.
+        services.require(viewer.actor, Capability.RECORDS_SEARCH, origin)
     summary = _target(services, spec, target)
+    _record_read(services, viewer, spec, summary, origin)
     return _page(request, services, viewer, spec, summary, fields_for(spec, summary.state))
 
 
@@ -147,8 +181,13 @@ async def submit_action(
             envelope = {"target": values.get("target", ""), "payload": {}, "reason": "-"}
             services.gateway.submit(viewer.actor, name, envelope, origin)
             raise AssertionError("unreachable: an unknown action is always refused")
-        with services.db.reading() as session:
-            summary = target_summary(session, services.registry, values.get("target", ""))
+        target = values.get("target", "")
+        summary = None
+        # The gateway refuses what this viewer may not do, and unsafe text (audited); the
+        # page then shows nothing of the target to a viewer who may not see it.
+        if may_see_target(services, viewer, spec) and not unsafe_character(target):
+            with services.db.reading() as session:
+                summary = target_summary(session, services.registry, target)
         fields = fields_for(spec, summary.state if summary else None)
         submission = read_submission(fields, values)
         outcome = _submit(services, viewer, spec, submission, origin)
