@@ -124,3 +124,12 @@ def test_the_audit_log_shows_a_callers_own_request_id_beside_opsgates(
     cell = re.search(rf"<code>{request_id}</code></a>(.*?)</td>", page.text)
     assert cell is not None
     assert "client <code>ticket-4711</code>" in cell.group(1)
+
+
+def test_audit_log_dates_past_what_records_can_hold_are_refused_not_a_500(
+    browser: Callable[..., Browser],
+) -> None:
+    audrey = browser("audrey")
+    for params in ({"until": "9999-12-31"}, {"since": "0001-01-01"}):
+        page = audrey.get("/console/audit", params=params)
+        assert page.status_code == 422, (params, page.status_code)

@@ -23,6 +23,7 @@ from opsgate.core.errors import InvalidPayload
 from opsgate.core.policy import Capability
 from opsgate.db.models import User
 from opsgate.web.api.audit import record_read
+from opsgate.web.api.filters import EARLIEST, LATEST
 from opsgate.web.console.auth import ConsoleRoute, ViewerDep, require
 from opsgate.web.console.rendering import render
 from opsgate.web.deps import OriginDep, ServicesDep
@@ -41,6 +42,12 @@ def _day(value: str | None, *, end: bool) -> datetime | None:
     except ValueError as exc:
         raise InvalidPayload(f"{value[:20]!r} is not a date (YYYY-MM-DD).") from exc
     start = datetime.combine(day, time(), tzinfo=UTC)
+    # "The whole day" of 9999-12-31 would overflow; and no record is dated outside these years.
+    if not EARLIEST <= start < LATEST:
+        raise InvalidPayload(
+            f"{value[:20]!r} is outside {EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d}, "
+            "the dates records can have."
+        )
     return start + timedelta(days=1) if end else start
 
 
