@@ -186,3 +186,23 @@ def test_the_verify_api_names_a_record_beyond_the_head_instead_of_a_500(
         planted.seq,
     )
     assert f"record {planted.id} (seq {planted.seq}) lies beyond the chain head" in body["problem"]
+
+
+def test_an_action_while_a_record_lies_beyond_the_head_is_refused_with_its_own_code(
+    client: TestClient, world: World, planted: AuditRecord
+) -> None:
+    # Nothing can be recorded, so nothing may change: a clear 503, never a bare 500.
+    response = client.post(
+        "/api/v1/actions/customer.add_note",
+        json={
+            "target": f"customer:{world.customer()}",
+            "payload": {"text": "while the chain is blocked"},
+            "reason": "test",
+        },
+        headers=world.auth("alice"),
+    )
+    assert response.status_code == 503, response.text
+    body = response.json()
+    assert body["code"] == "audit_blocked"
+    assert body["request_id"] == response.headers["X-Request-ID"]
+    assert f"record {planted.id} (seq {planted.seq}) lies beyond the chain head" in body["detail"]

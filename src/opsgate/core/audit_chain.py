@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from opsgate.core import metrics
 from opsgate.core.canonical import canonical_json
+from opsgate.core.errors import AuditBlocked
 from opsgate.db.models import AuditArchive, AuditChainHead, AuditRecord
 
 GENESIS = "0" * 64
@@ -88,9 +89,10 @@ _INSERTS = {
 }
 
 
-class RecordBeyondHead(Exception):
+class RecordBeyondHead(AuditBlocked):
     """A record sits where the next append must go: nothing can be recorded until an
-    operator has looked (the chain was written to outside opsgate)."""
+    operator has looked (the chain was written to outside opsgate). A caller is answered
+    503 `audit_blocked` with this message."""
 
     def __init__(self, record_id: str, seq: int, head_seq: int) -> None:
         self.record_id, self.seq, self.head_seq = record_id, seq, head_seq

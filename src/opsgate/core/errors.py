@@ -29,6 +29,7 @@ class ProblemCode(StrEnum):
     IDEMPOTENCY_MISMATCH = "idempotency_mismatch"
     IDEMPOTENCY_IN_FLIGHT = "idempotency_in_flight"
     TARGET_BUSY = "target_busy"
+    AUDIT_BLOCKED = "audit_blocked"
     LIMIT_EXCEEDED = "limit_exceeded"
     BACKEND_REJECTED = "backend_rejected"
     BACKEND_UNAVAILABLE = "backend_unavailable"
@@ -163,6 +164,15 @@ class IdempotencyInFlight(OpsgateError):
     code = ProblemCode.IDEMPOTENCY_IN_FLIGHT
     status = 409
     title = "A request with this Idempotency-Key is still running"
+
+
+class AuditBlocked(OpsgateError):
+    """Nothing can be recorded, so nothing may change: the audit chain cannot be extended
+    (core/audit_chain.RecordBeyondHead). Unaudited by nature; logged."""
+
+    code = ProblemCode.AUDIT_BLOCKED
+    status = 503
+    title = "The audit trail cannot record"
 
 
 class TargetBusy(OpsgateError):
