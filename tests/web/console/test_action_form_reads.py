@@ -6,11 +6,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from opsgate.core.users import ensure_user
 from opsgate.web.services import Services
 from tests.conftest import World
 from tests.web.console.conftest import Browser, audit_rows
 
 SHOWN = 'id="target-title"'  # the card with the target's state (its balance, for an account)
+
+
+def monitoring_person(services: Services) -> str:
+    """A person (not the `prom` service account, which never signs in) whose only role is
+    `monitor`: it may neither start actions nor read records."""
+    with services.db.writing() as session:
+        user = ensure_user(session, "mona", "Mona Watts", ("monitor",), now=services.clock.now())
+        session.commit()
+        return user.id
 
 
 def balance_of(world: World) -> str:
@@ -22,17 +32,19 @@ def test_a_role_that_may_neither_start_nor_read_is_refused_and_audited(
     browser: Callable[..., Browser], services: Services, world: World
 ) -> None:
     target = balance_of(world)
-    page = browser("prom").get(f"/console/actions/account.adjust_balance?target={target}")
+    mona = monitoring_person(services)
+    page = browser("mona").get(f"/console/actions/account.adjust_balance?target={target}")
     assert page.status_code == 403
     assert SHOWN not in page.text
     [denied] = audit_rows(services, result="denied", error_code="forbidden")
-    assert denied.actor_id == world.user_ids["prom"]
+    assert denied.actor_id == mona
 
 
 def test_a_refused_post_does_not_show_the_target_to_such_a_role(
     browser: Callable[..., Browser], services: Services, world: World
 ) -> None:
-    response = browser("prom").post(
+    monitoring_person(services)
+    response = browser("mona").post(
         "/console/actions/account.adjust_balance",
         {"target": balance_of(world), "payload.amount_minor": "1.00", "reason": "x"},
     )
