@@ -3,8 +3,6 @@ requests, keys or waiting approvals (DESIGN.md invariant 9)."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -20,6 +18,7 @@ from opsgate.domain.models import Account, Payment
 from opsgate.domain.seed import DEMO_USERS
 from opsgate.web.services import Services
 from tests.conftest import World, demo_policy_with, services_with_policy
+from tests.domain.test_money import run_concurrently
 from tests.step_ups import stepped_up
 
 ROLES = {username: frozenset(roles) for username, _name, roles in DEMO_USERS}
@@ -274,29 +273,6 @@ def test_a_held_use_counts_exactly_while_its_request_may_execute_or_has(
 
 
 # --- concurrency: the figures are serialised per target, actor and customer ----------------
-
-
-def run_concurrently(count: int, work: Callable[[int], str]) -> list[str]:
-    barrier = threading.Barrier(count)
-    outcomes: list[str] = []
-    lock = threading.Lock()
-
-    def run(n: int) -> None:
-        barrier.wait()
-        try:
-            outcome = work(n)
-        except Exception as exc:
-            outcome = getattr(exc, "code", type(exc).__name__)
-        with lock:
-            outcomes.append(str(outcome))
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert len(outcomes) == count
-    return outcomes
 
 
 CUSTOMER_ONLY = """tiers = [
