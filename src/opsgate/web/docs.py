@@ -1,19 +1,23 @@
 """The API's interactive docs (Swagger UI), served from opsgate's own origin.
 
 FastAPI's default page loads Swagger UI from a third-party CDN: a script from elsewhere
-running on the console's origin, and a blank page offline. Here the assets come from the
-`swagger-ui-bundle` package, and the page's one script of our own is a file too, so the
-page passes the same Content-Security-Policy as the console (no inline script).
+running on the console's origin, and a blank page offline. Here the assets are Swagger UI 5
+vendored in `web/static/swagger-ui/` (it reads OpenAPI 3.1, which FastAPI emits; the
+`swagger-ui-bundle` package ships Swagger UI 3, which cannot), and the page's one script of
+our own is a file too, so the page passes the same Content-Security-Policy as the console
+(no inline script).
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
-from swagger_ui_bundle import swagger_ui_path
+
+SWAGGER_UI = Path(__file__).parent / "static" / "swagger-ui"
 
 DOCS_URL = "/api/v1/docs"
 ASSETS_URL = "/api/v1/docs/assets"
@@ -66,4 +70,4 @@ def install(app: FastAPI) -> None:
     def docs_init() -> Response:
         return Response(script, media_type="text/javascript")
 
-    app.mount(ASSETS_URL, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+    app.mount(ASSETS_URL, StaticFiles(directory=SWAGGER_UI), name="docs-assets")
