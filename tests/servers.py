@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,3 +66,19 @@ def start_server(database_url: str, log_path: Path, **env: str) -> Server:
             time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"server did not start in time:\n{log_path.read_text()}")
+
+
+@contextmanager
+def two_servers_on(database_url: str, log_dir: Path) -> Iterator[tuple[Server, Server]]:
+    """Two `opsgate serve` processes on one database, both stopped afterwards."""
+    first = start_server(database_url, log_dir / "a.log")
+    try:
+        second = start_server(database_url, log_dir / "b.log")
+    except BaseException:
+        first.stop()
+        raise
+    try:
+        yield first, second
+    finally:
+        first.stop()
+        second.stop()

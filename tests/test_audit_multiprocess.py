@@ -15,7 +15,7 @@ from opsgate.core.audit_chain import Checkpoint, checkpoint, verify
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord
 from tests.conftest import TestDatabase
-from tests.servers import Server, start_server
+from tests.servers import Server, two_servers_on
 
 pytestmark = pytest.mark.multiprocess
 
@@ -25,15 +25,8 @@ NOTES_EACH = 6
 
 @pytest.fixture
 def two_servers(test_db: TestDatabase, tmp_path: Path) -> Iterator[tuple[Server, Server]]:
-    first = start_server(test_db.url, tmp_path / "a.log")
-    try:
-        second = start_server(test_db.url, tmp_path / "b.log")
-    except BaseException:
-        first.stop()
-        raise
-    yield first, second
-    first.stop()
-    second.stop()
+    with two_servers_on(test_db.url, tmp_path) as servers:
+        yield servers
 
 
 def test_concurrent_writers_in_two_processes_extend_one_chain(

@@ -15,7 +15,7 @@ from opsgate.db.engine import Database
 from opsgate.domain.models import Payment
 from tests.conftest import TestDatabase
 from tests.core.test_aggregates import payments_of_different_customers
-from tests.servers import Server, start_server
+from tests.servers import Server, two_servers_on
 
 pytestmark = pytest.mark.multiprocess
 
@@ -27,15 +27,8 @@ PARTS = (10_000, 9_999, 5_872)  # 258.71
 def two_servers(test_db: TestDatabase, tmp_path: Path) -> Iterator[tuple[Server, Server]]:
     if test_db.backend != "postgresql":
         pytest.skip("several server processes share one database on PostgreSQL")
-    first = start_server(test_db.url, tmp_path / "a.log")
-    try:
-        second = start_server(test_db.url, tmp_path / "b.log")
-    except BaseException:
-        first.stop()
-        raise
-    yield first, second
-    first.stop()
-    second.stop()
+    with two_servers_on(test_db.url, tmp_path) as servers:
+        yield servers
 
 
 def test_a_split_over_three_keys_and_two_processes_stays_under_the_threshold(

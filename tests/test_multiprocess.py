@@ -10,22 +10,15 @@ import httpx
 import pytest
 
 from tests.conftest import TestDatabase
-from tests.servers import Server, start_server
+from tests.servers import Server, two_servers_on
 
 pytestmark = pytest.mark.multiprocess
 
 
 @pytest.fixture
 def two_servers(test_db: TestDatabase, tmp_path: Path) -> Iterator[tuple[Server, Server]]:
-    first = start_server(test_db.url, tmp_path / "a.log")
-    try:
-        second = start_server(test_db.url, tmp_path / "b.log")
-    except BaseException:
-        first.stop()
-        raise
-    yield first, second
-    first.stop()
-    second.stop()
+    with two_servers_on(test_db.url, tmp_path) as servers:
+        yield servers
 
 
 def test_two_processes_serve_the_same_data(
