@@ -27,10 +27,10 @@ export OPSGATE_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgre
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml demo/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./demo
 	@touch $(STAMP)
 
 .PHONY: install
@@ -54,26 +54,26 @@ endif
 	@echo
 ifdef LEDGER
 	@test -s $(LEDGER_SECRET_FILE) || (umask 077 && $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(48))' > $(LEDGER_SECRET_FILE))
-	$(BIN)/opsgate ledger-service init --from $(OPSGATE_DATABASE_URL)
+	$(BIN)/opsgate demo ledger-service init --from $(OPSGATE_DATABASE_URL)
 	@echo "ledger service on http://127.0.0.1:8100: payment.reverse and account.adjust_balance run there"
 	@export OPSGATE_LEDGER_SECRET="$$(cat $(LEDGER_SECRET_FILE))"; \
-	$(BIN)/opsgate ledger-service serve --port 8100 & ledger=$$!; \
+	$(BIN)/opsgate demo ledger-service serve --port 8100 & ledger=$$!; \
 	trap 'kill $$ledger 2>/dev/null; wait $$ledger 2>/dev/null' EXIT INT TERM; \
-	OPSGATE_INTEGRATIONS=src/opsgate/domain/integrations.toml $(BIN)/opsgate serve --host $(HOST) --port $(PORT)
+	OPSGATE_INTEGRATIONS=demo/src/opsgate_demo/integrations.toml $(BIN)/opsgate serve --host $(HOST) --port $(PORT)
 else
 	$(BIN)/opsgate serve --host $(HOST) --port $(PORT)
 endif
 
 .PHONY: lint
 lint: $(STAMP) ## ruff (lint and format check) and mypy
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src demo/src tests bench
+	$(BIN)/ruff format --check src demo/src tests bench
 	$(BIN)/mypy
 
 .PHONY: fmt
 fmt: $(STAMP) ## Format and auto-fix
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src demo/src tests bench
+	$(BIN)/ruff check --fix src demo/src tests bench
 
 # The browser tests (tests/browser) need Chromium: `apt-get install -y chromium`, or
 # OPSGATE_CHROMIUM=/path/to/chromium; without it they are skipped, saying so. Their screenshots

@@ -7,7 +7,7 @@ popularity, refusals of every kind, approval flows whose decision and execution 
 the request minutes to hours later (sharing its approval ID and request ID), near-duplicate
 flags, policy versions that change every couple of months, and free-text reasons, many quoting
 a ticket number. Times grow with the sequence number. Each row's `prev_hash` and `hash` come
-from `opsgate.core.audit_chain.record_hash`, so `audit_chain.verify` accepts the result.
+from `opsgate.core.audit.chain.record_hash`, so `audit_chain.verify` accepts the result.
 
 `load` fills a migrated database: a spawned producer process generates, hashes and encodes the
 rows while this process writes them, with sqlite3 `executemany` (values encoded by the column
@@ -36,15 +36,15 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import psycopg
+from opsgate_demo.seed import FIRST, LAST
 from psycopg import sql as pgsql
 from sqlalchemy import Table, text
 from sqlalchemy.engine import make_url
 
 from bench import BenchError
-from opsgate.core.audit_chain import GENESIS, HEAD_ID, record_hash
+from opsgate.core.audit.chain import GENESIS, HEAD_ID, record_hash
 from opsgate.db.engine import make_engine
 from opsgate.db.models import AuditRecord
-from opsgate.domain.seed import FIRST, LAST
 
 RECORDS = cast(Table, AuditRecord.__table__)
 COLUMNS = tuple(column.key for column in RECORDS.columns)

@@ -46,11 +46,11 @@ from bench.scenarios import (
     register,
 )
 from bench.servers import PROVISIONERS, BenchDatabase, run_cli
-from opsgate.core.actors import Actor, Origin
-from opsgate.core.audit import AuditEntry, AuditResult, record
-from opsgate.core.audit_chain import GENESIS, HASHED_FIELDS, HEAD_ID, verify
-from opsgate.core.audit_search import AuditFilter, search
+from opsgate.core.audit.chain import GENESIS, HASHED_FIELDS, HEAD_ID, verify
+from opsgate.core.audit.records import AuditEntry, AuditResult, record
+from opsgate.core.audit.search import AuditFilter, search
 from opsgate.core.canonical import canonical_json
+from opsgate.core.identity.actors import Actor, Origin
 from opsgate.core.request_ids import new_request_id
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord

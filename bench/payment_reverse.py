@@ -31,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from opsgate_demo.models import Account, AccountStatus, Payment
+from opsgate_demo.plugin import DEMO_POLICY
 from rich.console import Console
 from sqlalchemy import select
 
@@ -47,8 +49,6 @@ from bench.scenarios import (
 )
 from bench.servers import run_cli, serve
 from opsgate.db.engine import Database
-from opsgate.domain.models import Account, AccountStatus, Payment
-from opsgate.settings import DEMO_POLICY
 
 ACTION = "payment.reverse"
 AMOUNT_MINOR = 100  # below the approval threshold (10,000) of the demo policy

@@ -5,7 +5,7 @@ add throughput until something shared runs out: CPU cores, PostgreSQL, the audit
 lock (every audited write takes it just before it commits), or the remote backend. Two
 workloads, so the report separates the control layer's own scaling from the ledger round trip:
 
-  payment.reverse   ledger service (`opsgate ledger-service serve`, its own PostgreSQL
+  payment.reverse   ledger service (`opsgate demo ledger-service serve`, its own PostgreSQL
                     database, initialised from opsgate's): bound to it by an integrations
                     file, so each request is the control layer's two transactions around a
                     signed HTTP call to the ledger, which runs the reversal in a third.
@@ -40,6 +40,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
+from opsgate_demo.plugin import DEMO_POLICY
 from rich.console import Console
 from sqlalchemy.engine import make_url
 
@@ -60,7 +61,6 @@ from bench.servers import (
     run_cli,
     serve,
 )
-from opsgate.settings import DEMO_POLICY
 
 PROCESS_COUNTS = (1, 2, 3)
 CLIENTS = 12
@@ -81,10 +81,17 @@ SPEED_UP_TARGET = 1.6  # on two cores, at two processes (issue 7)
 def ledger_service(
     opsgate_url: str, ledger: BenchDatabase, secret: str, log_path: Path
 ) -> Iterator[Server]:
-    """`opsgate ledger-service init --from <opsgate DB>`, then `serve` on a free port until
+    """`opsgate demo ledger-service init --from <opsgate DB>`, then `serve` on a free port until
     the block ends."""
     run_cli(
-        opsgate_url, "ledger-service", "init", "--from", opsgate_url, "--database-url", ledger.url
+        opsgate_url,
+        "demo",
+        "ledger-service",
+        "init",
+        "--from",
+        opsgate_url,
+        "--database-url",
+        ledger.url,
     )
     port = free_port()
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,16 +30,17 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from opsgate_demo import seed as demo_seed
+from opsgate_demo.plugin import DEMO_POLICY
 from sqlalchemy.engine import make_url
 
-from opsgate.core import tokens
 from opsgate.core.clock import FrozenClock
-from opsgate.core.users import find_user
+from opsgate.core.identity import tokens
+from opsgate.core.identity.users import find_user
 from opsgate.db.engine import Database
 from opsgate.db.migrate import grant_app_role, upgrade
-from opsgate.domain import seed as demo_seed
 from opsgate.logging import configure_logging
-from opsgate.settings import DEMO_POLICY, Settings
+from opsgate.settings import Settings
 from opsgate.web.app import create_app
 from opsgate.web.services import Services
 
@@ -301,10 +302,10 @@ def logs() -> Callable[[], list[dict[str, Any]]]:
 
 def services_with_policy(services: Services, policy_text: str) -> Services:
     """The same database and clock as `services`, under another policy."""
-    from opsgate.core.approvals import Approvals
-    from opsgate.core.gateway import Gateway
-    from opsgate.core.policy import parse_policy
-    from opsgate.domain.catalog import build_registry
+    from opsgate.core.actions.gateway import Gateway
+    from opsgate.core.actions.policy import parse_policy
+    from opsgate.core.approvals.gate import Approvals
+    from tests.registries import build_registry
 
     registry = build_registry()
     policy = parse_policy(policy_text, registry)

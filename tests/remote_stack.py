@@ -1,7 +1,7 @@
 """Opsgate and the demo ledger service as separate, real processes, for tests and benchmarks.
 
-    ledger database ─ `opsgate ledger-service init --from <opsgate DB>` (same IDs)
-    ledger process  ─ `opsgate ledger-service serve --port P` (OPSGATE_LEDGER_SECRET)
+    ledger database ─ `opsgate demo ledger-service init --from <opsgate DB>` (same IDs)
+    ledger process  ─ `opsgate demo ledger-service serve --port P` (OPSGATE_LEDGER_SECRET)
     integrations    ─ a TOML file binding payment.reverse and account.adjust_balance to it
     opsgate         ─ N `opsgate serve` processes (OPSGATE_INTEGRATIONS, the same secret)
 
@@ -54,9 +54,16 @@ def run_cli(
 
 
 def init_ledger(source_url: str, ledger_url: str) -> None:
-    """`opsgate ledger-service init --from SOURCE`: the ledger's money state, same IDs."""
+    """`opsgate demo ledger-service init --from SOURCE`: the ledger's money state, same IDs."""
     done = run_cli(
-        source_url, "ledger-service", "init", "--from", source_url, "--database-url", ledger_url
+        source_url,
+        "demo",
+        "ledger-service",
+        "init",
+        "--from",
+        source_url,
+        "--database-url",
+        ledger_url,
     )
     if done.returncode != 0:
         raise RuntimeError(f"ledger-service init failed ({done.returncode}):\n{done.stderr}")
@@ -161,7 +168,7 @@ class LedgerService:
             }
             | self.env
         )
-        command = opsgate_cli("ledger-service", "serve", "--port", str(self.port))
+        command = opsgate_cli("demo", "ledger-service", "serve", "--port", str(self.port))
         self.server = _spawn(command, environment, self.log_path, self.port)
         return self.server
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from opsgate.core import step_up, tokens
-from opsgate.core.actors import Actor
+from opsgate.core.approvals import step_up
+from opsgate.core.identity import tokens
+from opsgate.core.identity.actors import Actor
 from opsgate.db.engine import Database
 
 TEST_CREDENTIAL = "tok_test_step_up"

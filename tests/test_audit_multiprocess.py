@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from opsgate.core.audit_chain import Checkpoint, checkpoint, verify
+from opsgate.core.audit.chain import Checkpoint, checkpoint, verify
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord
 from tests.conftest import TestDatabase

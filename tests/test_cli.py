@@ -13,18 +13,19 @@ from typing import Any
 import pytest
 from click.testing import Result
 from fastapi.testclient import TestClient
+from opsgate_demo.plugin import DEMO_POLICY
 from sqlalchemy import MetaData, func, select
 from typer.testing import CliRunner
 
 from opsgate.cli import app
+from opsgate.core.actions.policy import load_policy
 from opsgate.core.clock import FrozenClock
-from opsgate.core.policy import load_policy
-from opsgate.core.users import find_user
+from opsgate.core.identity.users import find_user
 from opsgate.db.engine import Database
 from opsgate.db.models import ApiToken, AuditRecord, User
-from opsgate.domain.catalog import build_registry
-from opsgate.settings import DEMO_POLICY, get_settings
+from opsgate.settings import get_settings
 from tests.conftest import TestDatabase, World
+from tests.registries import build_registry
 
 runner = CliRunner()
 
@@ -346,7 +347,7 @@ AT_LEAST = {"customers": 200, "accounts": 300, "payments": 1000}
 def test_demo_seed_json_on_a_seeded_database(
     cli_db: TestDatabase, db: Database, world: World
 ) -> None:
-    from opsgate.domain.models import Customer
+    from opsgate_demo.models import Customer
 
     result = invoke("demo", "seed", "--json")
 
@@ -382,7 +383,7 @@ def test_approvals_recover_executes_a_stranded_approval_once(cli_db: TestDatabas
 
     from sqlalchemy import update
 
-    from opsgate.core.actors import Actor, Origin
+    from opsgate.core.identity.actors import Actor, Origin
     from opsgate.db.models import ApprovalRequest
     from opsgate.web.services import Services
 

@@ -140,7 +140,7 @@ def test_verify_warns_when_anchoring_has_stopped(
 
 
 def test_anchor_prints_the_public_key_a_verifier_needs(cli_db: TestDatabase) -> None:
-    from opsgate.core.anchors import parse_public_keys
+    from opsgate.core.audit.anchors import parse_public_keys
 
     shown = invoke("audit", "anchor", "--public-key")
     assert shown.exit_code == 0, shown.output
@@ -151,7 +151,7 @@ def test_anchor_prints_the_public_key_a_verifier_needs(cli_db: TestDatabase) -> 
 def test_serve_anchors_on_its_own(
     test_db: TestDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from opsgate.core.anchors import AnchorSink
+    from opsgate.core.audit.anchors import AnchorSink
     from tests.servers import start_server
 
     sink = AnchorSink(Path(os.environ["OPSGATE_AUDIT_ANCHOR_DIR"]))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from opsgate.core import tokens
+from opsgate.core.identity import tokens
 from opsgate.db.engine import Database
 from opsgate.db.models import ApiToken, AuditRecord, OutboxEvent
 from opsgate.settings import get_settings

@@ -126,8 +126,8 @@ def test_concurrent_approvers_across_processes_execute_once(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from opsgate.core import tokens
-    from opsgate.core.users import ensure_user
+    from opsgate.core.identity import tokens
+    from opsgate.core.identity.users import ensure_user
     from opsgate.db.engine import Database
 
     servers = two_servers

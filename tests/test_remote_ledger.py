@@ -18,16 +18,16 @@ from typing import Any, TypeVar
 import httpx
 import psycopg
 import pytest
+from opsgate_demo.ledger_service.models import LedgerOperation
+from opsgate_demo.models import Account, AccountStatus, Payment, PaymentStatus
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from opsgate.core import passwords
-from opsgate.core.backends import derive_key
-from opsgate.core.users import find_user
+from opsgate.core.identity import passwords
+from opsgate.core.identity.users import find_user
+from opsgate.core.integrations.backends import derive_key
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord, BackendCall
-from opsgate.domain.models import Account, AccountStatus, Payment, PaymentStatus
-from opsgate.ledger_service.models import LedgerOperation
 from tests.conftest import TestDatabase, World
 from tests.remote_stack import (
     ExportedSpan,

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from opsgate.core import passwords
-from opsgate.core.users import find_user
+from opsgate.core.identity import passwords
+from opsgate.core.identity.users import find_user
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord
 from tests.conftest import TestDatabase

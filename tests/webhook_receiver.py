@@ -13,11 +13,12 @@ from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from opsgate.core.actors import Actor
-from opsgate.core.approvals import Approvals
-from opsgate.core.gateway import Gateway
-from opsgate.core.integrations import Integrations, Webhook
-from opsgate.domain.seed import DEMO_USERS
+from opsgate_demo.seed import DEMO_USERS
+
+from opsgate.core.actions.gateway import Gateway
+from opsgate.core.approvals.gate import Approvals
+from opsgate.core.identity.actors import Actor
+from opsgate.core.integrations.config import Integrations, Webhook
 from opsgate.web.services import Services
 from tests.conftest import World
 

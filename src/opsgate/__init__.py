@@ -1,3 +1,3 @@
 """opsgate: the internal control layer for fintech operations."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -10,7 +10,7 @@ import socket
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -21,31 +21,26 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from opsgate.core import (
-    anchoring,
-    audit_chain,
-    audit_files,
-    console_sessions,
-    passwords,
-    trace_report,
-)
-from opsgate.core import tokens as token_service
-from opsgate.core.actors import Actor, Origin
-from opsgate.core.audit import AuditEntry, AuditResult, record
-from opsgate.core.audit_search import AuditFilter, filtered
+from opsgate.core.actions.policy import PolicyError, load_policy
+from opsgate.core.actions.registry import Registry
+from opsgate.core.audit import anchoring, trace_report
+from opsgate.core.audit import chain as audit_chain
+from opsgate.core.audit import files as audit_files
+from opsgate.core.audit.records import AuditEntry, AuditResult, record
+from opsgate.core.audit.search import AuditFilter, filtered
 from opsgate.core.clock import SystemClock, as_utc
 from opsgate.core.errors import NotFound
-from opsgate.core.integrations import IntegrationsError, load_integrations
-from opsgate.core.policy import PolicyError, load_policy
+from opsgate.core.identity import console_sessions, passwords
+from opsgate.core.identity import tokens as token_service
+from opsgate.core.identity.actors import Actor, Origin
+from opsgate.core.identity.users import ensure_user, find_user
+from opsgate.core.integrations.config import IntegrationsError, load_integrations
 from opsgate.core.request_ids import new_request_id
 from opsgate.core.tracing import continue_or_start
-from opsgate.core.users import ensure_user, find_user
 from opsgate.db import migrate
 from opsgate.db.engine import Database
 from opsgate.db.models import User
-from opsgate.domain import seed as demo_seed
-from opsgate.domain.catalog import build_registry
-from opsgate.ledger_service.cli import ledger_app
+from opsgate.plugins import PluginError, Setup, load_setup
 from opsgate.settings import get_settings
 
 app = typer.Typer(
@@ -54,7 +49,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-demo_app = typer.Typer(help="Demo data.", no_args_is_help=True)
 users_app = typer.Typer(help="Operators and their roles.", no_args_is_help=True)
 tokens_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 policy_app = typer.Typer(help="The policy file.", no_args_is_help=True)
@@ -67,7 +61,6 @@ audit_app = typer.Typer(
     help="The audit trail: verify, checkpoint, export, archive.", no_args_is_help=True
 )
 app.add_typer(db_app, name="db")
-app.add_typer(demo_app, name="demo")
 app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(policy_app, name="policy")
@@ -75,7 +68,8 @@ app.add_typer(approvals_app, name="approvals")
 app.add_typer(idempotency_app, name="idempotency")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(audit_app, name="audit")
-app.add_typer(ledger_app, name="ledger-service")
+plugins_app = typer.Typer(help="Plugins: what each contributes.", no_args_is_help=True)
+app.add_typer(plugins_app, name="plugins")
 
 err = Console(stderr=True)
 # Set only by `opsgate demo seed --demo-passwords` (make run); never by default.
@@ -111,6 +105,20 @@ def _user_or_exit(session: Session, username: str, *, active: bool = False) -> U
     return user
 
 
+def _setup() -> Setup:
+    """The plugins, registry and files this process runs with; exit 2 naming the problem."""
+    settings = get_settings()
+    try:
+        return load_setup(settings.plugins, settings.policy, settings.integrations)
+    except PluginError as exc:
+        err.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from exc
+
+
+def build_registry() -> Registry:
+    return _setup().registry
+
+
 def _database() -> Database:
     return Database(get_settings().database_url)
 
@@ -143,7 +151,7 @@ def _refuse_if_beyond_head() -> None:
 
 def _policy_version() -> str | None:
     try:
-        return load_policy(get_settings().policy, build_registry()).version
+        return load_policy(_setup().policy, _setup().registry).version
     except PolicyError:
         return None
 
@@ -186,10 +194,10 @@ def serve(
     if not re.fullmatch(r"[0-9A-Fa-f.:/*, ]*", trusted):
         raise typer.BadParameter("addresses or networks, comma-separated, or '*'")
     try:
-        registry = build_registry()
-        load_policy(settings.policy, registry)
+        setup = _setup()
+        load_policy(setup.policy, setup.registry)
         # Checked here too, so a bad file (say, a plain http:// backend) is one clear message.
-        load_integrations(settings.integrations, registry)
+        load_integrations(setup.integrations, setup.registry)
     except (PolicyError, IntegrationsError) as exc:
         err.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from exc
@@ -235,77 +243,6 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
         )
 
 
-@demo_app.command("seed")
-def demo_seed_command(
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the created records as JSON.")
-    ] = False,
-    with_tokens: Annotated[
-        bool, typer.Option("--tokens", help="Issue a 7-day token per demo user.")
-    ] = False,
-    demo_passwords: Annotated[
-        bool,
-        typer.Option(
-            "--demo-passwords",
-            help=f"Give every demo user the console password {DEMO_PASSWORD!r}. Demo only.",
-        ),
-    ] = False,
-) -> None:
-    """Create demo users and data (200 customers, 300 accounts, 1,000 payments)."""
-    if with_tokens and get_settings().tokens_are_self_service:
-        err.print(
-            "self-service tokens are on: people create their own tokens in the console, so "
-            "demo seed --tokens is refused",
-            style="red",
-        )
-        raise typer.Exit(2)
-    db = _database()
-    clock = SystemClock()
-    issued: list[tuple[str, str, str]] = []
-    with db.writing() as session:
-        summary = demo_seed.seed(session, now=clock.now())
-        if demo_passwords:
-            for entry in summary.users:
-                user = find_user(session, entry["username"])
-                assert user is not None
-                passwords.set_password(session, user, DEMO_PASSWORD, now=clock.now())
-                _audit_credential(session, "user.set_password", user.id, None, {"demo": True})
-        if with_tokens:
-            for entry in summary.users:
-                user = find_user(session, entry["username"])
-                assert user is not None
-                token = token_service.issue_token(
-                    session, user, name="demo", now=clock.now(), ttl=timedelta(days=7)
-                )
-                _audit_credential(session, "token.create", user.id, token.id)
-                issued.append((user.username, ",".join(entry["roles"]), token.secret))
-        session.commit()
-    db.dispose()
-    if as_json:
-        sys.stdout.write(json.dumps(summary.as_json()) + "\n")
-        return
-    table = Table(title="demo users", show_lines=False)
-    table.add_column("username")
-    table.add_column("name")
-    table.add_column("roles")
-    for entry in summary.users:
-        table.add_row(entry["username"], entry["name"], ", ".join(entry["roles"]))
-    Console().print(table)
-    if demo_passwords:
-        typer.echo(f"Console password of every demo user: {DEMO_PASSWORD}")
-    if issued:
-        typer.echo("API tokens (valid 7 days, shown once):")
-        for username, _, secret in issued:
-            typer.echo(f"  {username:<8} {secret}")
-    if summary.skipped:
-        err.print("demo data already present: customers, accounts and payments left as they are")
-    else:
-        err.print(
-            f"created {len(summary.customers)} customers, {len(summary.accounts)} accounts, "
-            f"{len(summary.payments)} payments"
-        )
-
-
 @users_app.command("create")
 def users_create(
     username: str,
@@ -321,7 +258,7 @@ def users_create(
     ] = False,
 ) -> None:
     """Create an operator (or a service account) with one or more roles."""
-    policy = load_policy(get_settings().policy, build_registry())
+    policy = load_policy(_setup().policy, _setup().registry)
     unknown = sorted(set(role) - set(policy.roles()))
     if unknown:
         raise typer.BadParameter(
@@ -451,9 +388,10 @@ def tokens_create(
         if expires_in
         else timedelta(days=settings.token_default_ttl_days)
     )
-    registry = build_registry()
-    policy = load_policy(settings.policy, registry)
-    integrations = load_integrations(settings.integrations, registry)
+    setup = _setup()
+    registry = setup.registry
+    policy = load_policy(setup.policy, registry)
+    integrations = load_integrations(setup.integrations, registry)
     minter = _minter()
     db = _database()
     now = SystemClock().now()
@@ -540,7 +478,7 @@ def tokens_list(
                 state,
             )
     db.dispose()
-    Console(width=200).print(table)
+    Console().print(table)
 
 
 @tokens_app.command("revoke")
@@ -567,9 +505,10 @@ def policy_check(
     ] = None,
 ) -> None:
     """Validate a policy file against the registered actions; print its version."""
-    path = file or get_settings().policy
+    setup = _setup()
+    path = file or setup.policy
     try:
-        policy = load_policy(path, build_registry())
+        policy = load_policy(path, setup.registry)
     except PolicyError as exc:
         err.print(str(exc), style="red", markup=False)
         raise typer.Exit(1) from exc
@@ -631,7 +570,7 @@ def reconcile(
 
     Run it from cron or a timer, e.g. every minute; it is safe to run from several hosts.
     Exits 1 while some calls remain unknown."""
-    from opsgate.core.reconcile import reconcile as run_reconcile
+    from opsgate.core.integrations.reconcile import reconcile as run_reconcile
     from opsgate.web.services import Services
 
     services = Services.build(get_settings())
@@ -783,8 +722,8 @@ def audit_anchor(
     webhooks subscribed to `audit.anchor`). `opsgate serve` does this on its own; run this
     from cron where no server runs. Exit 1 when the records since the last anchor do not
     chain onto it."""
-    from opsgate.core.anchors import AnchorError, public_key_text
-    from opsgate.core.integrations import load_integrations
+    from opsgate.core.audit.anchors import AnchorError, public_key_text
+    from opsgate.core.integrations.config import load_integrations
 
     settings = get_settings()
     setup = anchoring.Anchoring.from_settings(settings)
@@ -794,7 +733,7 @@ def audit_anchor(
             typer.echo(f"{key.key_id} {public_key_text(key.public)}")
             return
         _refuse_if_beyond_head()
-        integrations = load_integrations(settings.integrations, build_registry())
+        integrations = load_integrations(_setup().integrations, _setup().registry)
         db = _database()
         try:
             done = anchoring.anchor_head(db, setup, integrations, SystemClock().now(), force=force)
@@ -961,7 +900,7 @@ def webhooks_deliver(
     import contextlib
     import threading
 
-    from opsgate.core.webhooks import Deliverer
+    from opsgate.core.integrations.webhooks import Deliverer
     from opsgate.web.services import Services
 
     settings = get_settings()
@@ -999,8 +938,8 @@ def webhooks_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per event.")] = False,
 ) -> None:
     """List outbox events, newest first."""
-    from opsgate.core.outbox import OutboxStatus
-    from opsgate.core.webhooks import listing
+    from opsgate.core.integrations.outbox import OutboxStatus
+    from opsgate.core.integrations.webhooks import listing
 
     if status is not None and status not in set(OutboxStatus):
         raise typer.BadParameter("pending, delivered or dead", param_hint="--status")
@@ -1045,7 +984,7 @@ def webhooks_list(
 @webhooks_app.command("retry")
 def webhooks_retry(event_row_id: str) -> None:
     """Queue a dead event again (attempts start over); the next delivery run sends it."""
-    from opsgate.core.webhooks import NotDead, retry_dead
+    from opsgate.core.integrations.webhooks import NotDead, retry_dead
 
     db = _database()
     try:
@@ -1083,7 +1022,7 @@ def webhooks_prune(
 ) -> None:
     """Delete delivered events past their retention (dead ones stay until retried or looked
     at). The outbox is a delivery queue, not a record: the audit trail keeps what happened."""
-    from opsgate.core.webhooks import prune_delivered
+    from opsgate.core.integrations.webhooks import prune_delivered
 
     db = _database()
     try:
@@ -1119,6 +1058,59 @@ def _audit_credential(
         policy_version=_policy_version(),
         now=SystemClock().now(),
     )
+
+
+@plugins_app.command("list")
+def plugins_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Each enabled plugin with its version, target kinds and actions; the policy in use."""
+    setup = _setup()
+    rows: list[dict[str, Any]] = [
+        {
+            "name": item.plugin.name,
+            "version": item.plugin.version,
+            "source": item.source,
+            "target_kinds": sorted(k.name for k in item.plugin.target_kinds),
+            "actions": sorted(a.name for a in item.plugin.actions),
+            "migrations": item.plugin.migrations is not None,
+        }
+        for item in setup.plugins
+    ]
+    if as_json:
+        sys.stdout.write(json.dumps({"plugins": rows, "policy": str(setup.policy)}) + "\n")
+        return
+    table = Table(title="plugins")
+    for column in ("plugin", "version", "target kinds", "actions", "from"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            str(row["name"]),
+            str(row["version"]),
+            ", ".join(row["target_kinds"]) or "-",
+            ", ".join(row["actions"]) or "-",
+            str(row["source"]),
+        )
+    Console().print(table)
+    if not rows:
+        typer.echo("no plugin enabled: only opsgate's own administration actions")
+    typer.echo(f"policy: {setup.policy}")
+
+
+def _mount_plugin_commands() -> None:
+    """`opsgate <plugin> …` for every enabled plugin that brings commands. A plugin that
+    fails to load leaves opsgate's own commands working (they report it when they need it)."""
+    try:
+        settings = get_settings()
+        enabled = load_setup(settings.plugins, settings.policy, settings.integrations).plugins
+    except (PluginError, ValueError):
+        return
+    for item in enabled:
+        if item.plugin.cli is not None:
+            app.add_typer(item.plugin.cli, name=item.plugin.name)
+
+
+_mount_plugin_commands()
 
 
 def main() -> None:

@@ -11,8 +11,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from opsgate.core.faults import FaultPoint
 
-DEMO_POLICY = Path(__file__).parent / "domain" / "policy.toml"
-
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPSGATE_", extra="ignore")
@@ -22,18 +20,25 @@ class Settings(BaseSettings):
     # The owner's URL, for `opsgate db upgrade` only: it owns the tables, migrates them and
     # grants the app's role row rights. Unset: migrations connect with `database_url`.
     migration_database_url: str | None = None
-    policy: Path = Field(default=DEMO_POLICY)
-    # Remote backends and webhook subscriptions (core/integrations.py); unset: none.
+    # The policy file. Unset: the one the only enabled plugin ships, else opsgate's built-in
+    # administration-only policy (opsgate/plugins.py).
+    policy: Path | None = None
+    # Which installed plugins are enabled (opsgate/plugins.py): unset, all; `none`, none; or a
+    # comma-separated list of entry-point names or `module:attribute` paths.
+    plugins: str | None = None
+    # Remote backends and webhook subscriptions (core/integrations/config.py); unset: none.
     integrations: Path | None = None
     # How often each `opsgate serve` process asks remote backends about calls whose outcome is
-    # unknown (core/reconcile.py); 0: never (run `opsgate reconcile` from cron instead).
+    # unknown (core/integrations/reconcile.py); 0: never (run `opsgate reconcile` from cron
+    # instead).
     reconcile_interval_seconds: int = Field(default=60, ge=0, le=3600)
     log_level: str = Field(default="INFO")
     # JSON lines for machines; `console` renders them for a human at a terminal.
     log_format: str = Field(default="json", pattern="^(json|console)$")
     token_default_ttl_days: int = Field(default=30, ge=1, le=365)
     # People mint their own API tokens in the console, and the CLI mints only for service
-    # accounts (core/tokens.py). Unset: on exactly when OPSGATE_SECRET_KEY is set, which every
+    # accounts (core/identity/tokens.py). Unset: on exactly when OPSGATE_SECRET_KEY is set, which
+    # every
     # production deployment must do (docs/console.md); off for `make run` and the tests.
     self_service_tokens: bool | None = None
     # How long a stored idempotent answer is replayed (then `opsgate idempotency prune`).
@@ -50,7 +55,7 @@ class Settings(BaseSettings):
     db_lock_timeout_seconds: int = Field(default=30, ge=1, le=3600)
     db_statement_timeout_seconds: int = Field(default=60, ge=1, le=3600)
 
-    # --- audit chain anchors (core/anchoring.py; docs/operations.md) ---
+    # --- audit chain anchors (core/audit/anchoring.py; docs/operations.md) ---
     # Signed heads are appended to `anchors.jsonl` here: a directory on the app host that no
     # database role can write (and that `audit verify` reads).
     audit_anchor_dir: Path = Field(default=Path("audit-anchors"))
@@ -120,7 +125,8 @@ class Settings(BaseSettings):
     # Secure cookies: None follows the request's scheme (HTTPS, as uvicorn sees it).
     cookie_secure: bool | None = None
     # Refused authentications (bad or missing token, unknown session) answered 401 per source
-    # address and minute; past it, 429 (core/auth_refusals.py). Valid credentials still work.
+    # address and minute; past it, 429 (core/identity/auth_refusals.py). Valid credentials still
+    # work.
     auth_refusals_per_minute: int = Field(default=60, ge=1, le=100_000)
     # The proxies (load balancers) whose X-Forwarded-For and X-Forwarded-Proto are believed:
     # comma-separated addresses or networks, or "*" (docs/operations.md). Empty: none, so a

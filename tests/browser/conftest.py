@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from opsgate.core import passwords
-from opsgate.core.users import find_user
+from opsgate.core.identity import passwords
+from opsgate.core.identity.users import find_user
 from opsgate.db.engine import Database
 from tests.conftest import TestDatabase
 from tests.servers import Server, start_server

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
-
-from opsgate.db.engine import Database
-from opsgate.db.models import ApprovalRequest, AuditRecord
-from opsgate.domain.models import (
+from opsgate_demo.models import (
     Account,
     AccountKind,
     Customer,
@@ -17,6 +13,10 @@ from opsgate.domain.models import (
     Payment,
     PaymentReversal,
 )
+from sqlalchemy import func, select
+
+from opsgate.db.engine import Database
+from opsgate.db.models import ApprovalRequest, AuditRecord
 
 
 @dataclass(frozen=True)

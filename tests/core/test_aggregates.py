@@ -7,15 +7,15 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from opsgate_demo.models import Account, Payment
+from opsgate_demo.seed import DEMO_USERS
 from sqlalchemy import func, select, update
 
-from opsgate.core.actors import Actor, Origin
-from opsgate.core.approval_states import ApprovalStatus
-from opsgate.core.approvals import Decision
+from opsgate.core.approvals.gate import Decision
+from opsgate.core.approvals.states import ApprovalStatus
+from opsgate.core.identity.actors import Actor, Origin
 from opsgate.db.engine import Database
 from opsgate.db.models import ApprovalRequest
-from opsgate.domain.models import Account, Payment
-from opsgate.domain.seed import DEMO_USERS
 from opsgate.web.services import Services
 from tests.conftest import World, demo_policy_with, services_with_policy
 from tests.domain.test_money import run_concurrently

@@ -18,19 +18,19 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from opsgate.core.actors import Origin
-from opsgate.core.anchoring import (
+from opsgate.core.audit.anchoring import (
     Anchoring,
     AnchorLoop,
     AnchorRefused,
     anchor_head,
     verify_anchored,
 )
-from opsgate.core.anchors import Anchor, AnchorKey, AnchorSink
-from opsgate.core.audit import AuditEntry, AuditResult, record
-from opsgate.core.audit_chain import Verification, verify
+from opsgate.core.audit.anchors import Anchor, AnchorKey, AnchorSink
+from opsgate.core.audit.chain import Verification, verify
+from opsgate.core.audit.records import AuditEntry, AuditResult, record
 from opsgate.core.clock import FrozenClock
-from opsgate.core.integrations import NO_INTEGRATIONS
+from opsgate.core.identity.actors import Origin
+from opsgate.core.integrations.config import NO_INTEGRATIONS
 from opsgate.db import append_only
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord, OutboxEvent
@@ -190,7 +190,7 @@ def test_an_edited_anchor_line_or_an_unknown_key_breaks_verification(
 def test_a_rotated_key_stays_trusted_through_the_trusted_keys_setting(
     anchored_reversal: tuple[AuditRecord, Anchor], db: Database, clock: FrozenClock, tmp_path: Path
 ) -> None:
-    from opsgate.core.anchors import public_key_text
+    from opsgate.core.audit.anchors import public_key_text
 
     old = anchoring()
     old_public = public_key_text(old.signing_key().public)

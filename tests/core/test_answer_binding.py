@@ -21,6 +21,9 @@ import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from opsgate_demo.ledger_service.app import create_app
+from opsgate_demo.ledger_service.settings import LedgerSettings
+from opsgate_demo.models import Payment
 from pydantic import SecretStr
 from sqlalchemy import select
 from starlette.applications import Starlette
@@ -28,15 +31,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from opsgate.core.backends import BackendClient
 from opsgate.core.errors import BackendTimeout
-from opsgate.core.integrations import Backend
-from opsgate.core.reconcile import reconcile
+from opsgate.core.integrations.backends import BackendClient
+from opsgate.core.integrations.config import Backend
+from opsgate.core.integrations.reconcile import reconcile
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord, BackendCall
-from opsgate.domain.models import Payment
-from opsgate.ledger_service.app import create_app
-from opsgate.ledger_service.settings import LedgerSettings
 from opsgate.web.services import Services
 from tests.conftest import FrozenClock, World
 from tests.core.test_remote_actions import remote_services, reverse

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from opsgate.core.approval_states import (
+from opsgate.core.approvals.states import (
     ALLOWED,
     TERMINAL,
     ApprovalStatus,

@@ -7,11 +7,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from opsgate_demo.models import Account
+from opsgate_demo.plugin import DEMO_POLICY
+from opsgate_demo.seed import DEMO_USERS
 from sqlalchemy import select, update
 
-from opsgate.core import tokens
-from opsgate.core.actors import Actor, Origin
-from opsgate.core.approvals import Approvals, Decision
+from opsgate.core.actions.gateway import Gateway
+from opsgate.core.actions.policy import PolicyError, parse_policy
+from opsgate.core.approvals.gate import Approvals, Decision
 from opsgate.core.clock import FrozenClock
 from opsgate.core.errors import (
     ApprovalExpired,
@@ -22,17 +25,14 @@ from opsgate.core.errors import (
     SelfApproval,
     StaleApproval,
 )
-from opsgate.core.gateway import Gateway
-from opsgate.core.policy import PolicyError, parse_policy
-from opsgate.core.users import ensure_user
+from opsgate.core.identity import tokens
+from opsgate.core.identity.actors import Actor, Origin
+from opsgate.core.identity.users import ensure_user
 from opsgate.db.engine import Database
 from opsgate.db.models import ApprovalRequest, AuditRecord, User, UserRole
-from opsgate.domain.catalog import build_registry
-from opsgate.domain.models import Account
-from opsgate.domain.seed import DEMO_USERS
-from opsgate.settings import DEMO_POLICY
 from opsgate.web.services import Services
 from tests.conftest import World
+from tests.registries import build_registry
 
 ROLES = {username: frozenset(roles) for username, _name, roles in DEMO_USERS}
 

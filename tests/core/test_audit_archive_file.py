@@ -6,9 +6,9 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
-from opsgate.core.actors import Actor, Origin
-from opsgate.core.audit_files import archive, verify_archive
+from opsgate.core.audit.files import archive, verify_archive
 from opsgate.core.clock import FrozenClock
+from opsgate.core.identity.actors import Actor, Origin
 from opsgate.web.services import Services
 from tests.conftest import World
 

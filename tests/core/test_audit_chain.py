@@ -13,14 +13,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from opsgate_demo.seed import DEMO_USERS
 from sqlalchemy import delete, event, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from opsgate.core.actors import Actor, Origin
-from opsgate.core.approvals import Decision
-from opsgate.core.audit import AuditEntry, AuditResult, record
-from opsgate.core.audit_chain import (
+from opsgate.core.approvals.gate import Decision
+from opsgate.core.audit.chain import (
     GENESIS,
     HASHED_FIELDS,
     HEAD_ID,
@@ -30,13 +29,14 @@ from opsgate.core.audit_chain import (
     record_hash,
     verify,
 )
+from opsgate.core.audit.records import AuditEntry, AuditResult, record
 from opsgate.core.clock import FrozenClock
 from opsgate.core.errors import Forbidden, InvalidPayload
+from opsgate.core.identity.actors import Actor, Origin
 from opsgate.core.ids import new_id
 from opsgate.db import append_only
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditArchive, AuditArchivePermit, AuditChainHead, AuditRecord
-from opsgate.domain.seed import DEMO_USERS
 from opsgate.web.services import Services
 from tests.conftest import TestDatabase, World
 
@@ -286,7 +286,7 @@ FORGED_VALUES: dict[str, Callable[[AuditRecord], Any]] = {
 
 @pytest.mark.parametrize("field", ["trace_id", "client_request_id"])
 def test_a_later_field_is_hashed_when_set_and_older_records_keep_their_hash(field: str) -> None:
-    from opsgate.core.audit_chain import HASHED_FIELDS, hash_values
+    from opsgate.core.audit.chain import HASHED_FIELDS, hash_values
     from opsgate.core.canonical import canonical_json
 
     values = [f"value-{name}" for name in HASHED_FIELDS]

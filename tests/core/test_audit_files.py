@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from opsgate.core.actors import Actor, Origin
-from opsgate.core.audit_chain import GENESIS, Checkpoint, record_hash, start_of_chain, verify
-from opsgate.core.audit_files import (
+from opsgate.core.audit.chain import GENESIS, Checkpoint, record_hash, start_of_chain, verify
+from opsgate.core.audit.files import (
     CSV_COLUMNS,
     ArchiveRefused,
     ArchiveResult,
@@ -26,8 +25,9 @@ from opsgate.core.audit_files import (
     export,
     raw_record,
 )
-from opsgate.core.audit_search import AuditFilter, as_dict
+from opsgate.core.audit.search import AuditFilter, as_dict
 from opsgate.core.clock import FrozenClock
+from opsgate.core.identity.actors import Actor, Origin
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditArchive, AuditArchivePermit, AuditRecord
 from opsgate.web.services import Services

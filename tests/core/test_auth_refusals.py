@@ -9,10 +9,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from opsgate.core.actors import Origin
-from opsgate.core.audit import AuditEntry, AuditResult
-from opsgate.core.auth_refusals import Refusals
+from opsgate.core.audit.records import AuditEntry, AuditResult
 from opsgate.core.clock import FrozenClock
+from opsgate.core.identity.actors import Origin
+from opsgate.core.identity.auth_refusals import Refusals
 from opsgate.db.models import AuditRecord, AuthRefusalWindow
 from opsgate.settings import Settings
 from opsgate.web.services import Services

@@ -1,4 +1,4 @@
-"""The client for remote backends (core/backends.py), against a real HTTP server.
+"""The client for remote backends (core/integrations/backends.py), against a real HTTP server.
 
 The fake backend runs in uvicorn on 127.0.0.1, verifies every request's signature with
 core/signing.verify, records what it saw, and answers as each test scripts it.
@@ -23,7 +23,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from opsgate.core.backends import (
+from opsgate.core.errors import BackendRejected, BackendTimeout, BackendUnavailable, ProblemCode
+from opsgate.core.integrations.backends import (
     MAX_ANSWER_BYTES,
     BackendAnswer,
     BackendClient,
@@ -33,9 +34,8 @@ from opsgate.core.backends import (
     LookupStatus,
     derive_key,
 )
-from opsgate.core.errors import BackendRejected, BackendTimeout, BackendUnavailable, ProblemCode
-from opsgate.core.integrations import Backend
-from opsgate.core.signing import SignatureError, sign_response, verify_request
+from opsgate.core.integrations.config import Backend
+from opsgate.core.integrations.signing import SignatureError, sign_response, verify_request
 from opsgate.core.tracing import parse_traceparent
 from tests.servers import free_port
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from opsgate.core.conditions import Aggregate, Condition, Facts, Measure, Op, Scope
+from opsgate.core.actions.conditions import Aggregate, Condition, Facts, Measure, Op, Scope
 
 
 def cumulative(field: str, value: int, window: str = "24h") -> Condition:

@@ -5,9 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from opsgate_demo.models import Customer, Note
+from opsgate_demo.plugin import register
 from sqlalchemy import func, select
 
-from opsgate.core.actors import Actor, Origin
+from opsgate.core.actions.gateway import Gateway
+from opsgate.core.actions.policy import parse_policy
+from opsgate.core.actions.registry import ActionSpec, Outcome, Payload, Registry, RiskClass
 from opsgate.core.errors import (
     DomainError,
     DomainRejected,
@@ -16,13 +20,9 @@ from opsgate.core.errors import (
     TargetNotFound,
     UnknownAction,
 )
-from opsgate.core.gateway import Gateway
-from opsgate.core.policy import parse_policy
-from opsgate.core.registry import ActionSpec, Outcome, Payload, Registry, RiskClass
+from opsgate.core.identity.actors import Actor, Origin
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord
-from opsgate.domain.catalog import register
-from opsgate.domain.models import Customer, Note
 from tests.conftest import World
 
 ROLES = """
@@ -225,7 +225,7 @@ def test_audit_failure_rolls_back_the_change(
     gateway: Gateway, db: Database, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Invariant 2: the change and its audit record commit together or not at all.
-    import opsgate.core.gateway as gateway_module
+    import opsgate.core.actions.gateway as gateway_module
 
     def broken_record(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("audit store unavailable")

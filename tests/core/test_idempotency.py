@@ -1,4 +1,5 @@
-"""Idempotency claims are fenced (core/idempotency.py): a slow first request whose key a retry
+"""Idempotency claims are fenced (core/actions/idempotency.py): a slow first request whose key a
+retry
 took over can never commit its effect, and the action transaction gives up on a locked target
 before the takeover timeout. Real threads and real database locks, on both databases."""
 
@@ -14,23 +15,24 @@ from typing import Any
 
 import psycopg
 import pytest
+from opsgate_demo.models import Payment, PaymentReversal
+from opsgate_demo.plugin import DEMO_POLICY
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from opsgate.core.actors import Actor, Origin
+from opsgate.core.actions.gateway import ActionResult, Gateway, Replayed
+from opsgate.core.actions.idempotency import ClaimLost, Idempotency, Replay
+from opsgate.core.actions.policy import load_policy
 from opsgate.core.clock import FrozenClock
 from opsgate.core.errors import IdempotencyInFlight, TargetBusy
-from opsgate.core.gateway import ActionResult, Gateway, Replayed
-from opsgate.core.idempotency import ClaimLost, Idempotency, Replay
-from opsgate.core.policy import load_policy
+from opsgate.core.identity.actors import Actor, Origin
 from opsgate.core.request_ids import new_request_id
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord, IdempotencyRecord
-from opsgate.domain.catalog import build_registry
-from opsgate.domain.models import Payment, PaymentReversal
-from opsgate.settings import DEMO_POLICY, Settings
+from opsgate.settings import Settings
 from tests.conftest import TestDatabase
+from tests.registries import build_registry
 
 # The issue's race at a 2 s takeover timeout; the action transaction waits less than that.
 TAKEOVER = timedelta(seconds=2)

@@ -1,4 +1,5 @@
-"""The integrations file: backends and webhooks, validated at start-up (core/integrations.py)."""
+"""The integrations file: backends and webhooks, validated at start-up
+(core/integrations/config.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,15 @@ import pytest
 from typer.testing import CliRunner
 
 from opsgate.cli import app
-from opsgate.core.integrations import (
+from opsgate.core.actions.registry import Registry
+from opsgate.core.integrations.config import (
     NO_INTEGRATIONS,
     IntegrationsError,
     load_integrations,
     parse_integrations,
 )
-from opsgate.core.registry import Registry
-from opsgate.domain.catalog import build_registry
 from opsgate.settings import get_settings
+from tests.registries import build_registry
 
 SECRET = "s" * 32
 ENV = {"OPSGATE_LEDGER_SECRET": SECRET, "OPSGATE_HOOK_SECRET": "h" * 40}

@@ -12,18 +12,18 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from opsgate_demo.models import Account
+from opsgate_demo.seed import DEMO_USERS
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, update
 
 from opsgate.core import metrics
-from opsgate.core.actors import Actor, Origin
-from opsgate.core.approvals import Decision
+from opsgate.core.approvals.gate import Decision
 from opsgate.core.clock import FrozenClock
 from opsgate.core.errors import Forbidden, InvalidPayload, StaleApproval, UnknownAction
+from opsgate.core.identity.actors import Actor, Origin
 from opsgate.db.engine import Database
 from opsgate.db.models import ApprovalRequest, AuditRecord
-from opsgate.domain.models import Account
-from opsgate.domain.seed import DEMO_USERS
 from opsgate.web.services import Services
 from tests.conftest import World
 

@@ -6,17 +6,17 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from opsgate_demo.models import Account
 from sqlalchemy import select, update
 
-from opsgate.core import outbox
-from opsgate.core.actors import Origin
-from opsgate.core.approvals import Decision
+from opsgate.core.actions.gateway import Gateway
+from opsgate.core.approvals.gate import Decision
 from opsgate.core.clock import FrozenClock
 from opsgate.core.errors import DomainRejected, StaleApproval
-from opsgate.core.gateway import Gateway
+from opsgate.core.identity.actors import Origin
+from opsgate.core.integrations import outbox
 from opsgate.db.engine import Database
 from opsgate.db.models import ApprovalRequest, OutboxEvent
-from opsgate.domain.models import Account
 from opsgate.web.services import Services
 from tests.conftest import World, demo_policy_with, services_with_policy
 from tests.webhook_receiver import (

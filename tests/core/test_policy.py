@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opsgate_demo.plugin import DEMO_POLICY
 
-from opsgate.core.conditions import Condition, Op
-from opsgate.core.policy import Capability, Policy, PolicyError, load_policy, parse_policy
-from opsgate.domain.catalog import build_registry
-from opsgate.settings import DEMO_POLICY
+from opsgate.core.actions.conditions import Condition, Op
+from opsgate.core.actions.policy import Capability, Policy, PolicyError, load_policy, parse_policy
+from tests.registries import build_registry
 
 Doc = dict[str, Any]
 
-# The demo backend's actions (opsgate.domain.catalog.register) plus the control layer's own.
+# The demo backend's actions (opsgate_demo.plugin.register) plus the control layer's own.
 REGISTRY = build_registry()
 DEMO_DOC: Doc = tomllib.loads(DEMO_POLICY.read_text(encoding="utf-8"))
 

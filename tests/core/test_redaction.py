@@ -11,16 +11,22 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opsgate_demo.models import Customer
+from opsgate_demo.seed import DEMO_USERS
 from pydantic import Field
 from sqlalchemy import select
 
-from opsgate.core.actors import Actor, Origin
-from opsgate.core.audit_search import as_dict
-from opsgate.core.clock import FrozenClock
-from opsgate.core.errors import DomainError, DomainRejected
-from opsgate.core.gateway import Gateway
-from opsgate.core.policy import parse_policy
-from opsgate.core.redaction import (
+from opsgate.core.actions.gateway import Gateway
+from opsgate.core.actions.policy import parse_policy
+from opsgate.core.actions.registry import (
+    ActionContext,
+    ActionSpec,
+    Outcome,
+    Payload,
+    Registry,
+    RiskClass,
+)
+from opsgate.core.audit.redaction import (
     MASK,
     is_secret_key,
     luhn_valid,
@@ -28,14 +34,15 @@ from opsgate.core.redaction import (
     redact,
     sensitive_fields,
 )
-from opsgate.core.registry import ActionContext, ActionSpec, Outcome, Payload, Registry, RiskClass
+from opsgate.core.audit.search import as_dict
+from opsgate.core.clock import FrozenClock
+from opsgate.core.errors import DomainError, DomainRejected
+from opsgate.core.identity.actors import Actor, Origin
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord
-from opsgate.domain.catalog import build_registry
-from opsgate.domain.models import Customer
-from opsgate.domain.seed import DEMO_USERS
 from opsgate.web.services import Services
 from tests.conftest import World
+from tests.registries import build_registry
 
 FAST = settings(max_examples=60, deadline=None)
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict
 
-from opsgate.core.registry import (
+from opsgate.core.actions.registry import (
     ActionSpec,
     Outcome,
     Payload,
@@ -20,7 +20,7 @@ from opsgate.core.registry import (
     TargetKind,
     TargetRef,
 )
-from opsgate.domain.catalog import build_registry
+from tests.registries import build_registry
 
 
 class Empty(Payload):

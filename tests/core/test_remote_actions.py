@@ -1,7 +1,7 @@
 """Actions bound to a remote backend: what the control layer records for each kind of answer,
 the derived idempotency key, approved executions, and reconciliation of unknown outcomes.
 
-The backend here is a scripted stand-in for the HTTP client (core/backends.py is tested
+The backend here is a scripted stand-in for the HTTP client (core/integrations/backends.py is tested
 against a real server in test_backends.py, and the whole path against the real ledger service
 in tests/test_remote_ledger.py); these tests are about what the control layer does with each
 answer, on both databases.
@@ -17,19 +17,19 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from opsgate_demo.models import LedgerTransaction, Payment
+from opsgate_demo.seed import DEMO_USERS
 from sqlalchemy import select
 
-from opsgate.core.actors import Actor, Origin
-from opsgate.core.approvals import Decision
-from opsgate.core.backends import BackendAnswer, BackendRequest, LookupAnswer
+from opsgate.core.actions.gateway import Gateway
+from opsgate.core.approvals.gate import Decision
 from opsgate.core.errors import BackendRejected, BackendTimeout, BackendUnavailable
-from opsgate.core.gateway import Gateway
-from opsgate.core.integrations import Backend, Integrations
-from opsgate.core.reconcile import reconcile
+from opsgate.core.identity.actors import Actor, Origin
+from opsgate.core.integrations.backends import BackendAnswer, BackendRequest, LookupAnswer
+from opsgate.core.integrations.config import Backend, Integrations
+from opsgate.core.integrations.reconcile import reconcile
 from opsgate.db.engine import Database
 from opsgate.db.models import ApprovalRequest, AuditRecord, BackendCall
-from opsgate.domain.models import LedgerTransaction, Payment
-from opsgate.domain.seed import DEMO_USERS
 from opsgate.web.services import Services
 from tests.conftest import FrozenClock, World
 from tests.domain.test_money import large_payment, small_payment
@@ -136,7 +136,7 @@ def remote_services(
         integrations,
         backend,  # type: ignore[arg-type]
     )
-    from opsgate.core.approvals import Approvals
+    from opsgate.core.approvals.gate import Approvals
 
     return Services(
         bound.settings,
@@ -254,7 +254,7 @@ def test_the_derived_key_is_stable_for_a_retry_and_differs_per_key_and_actor(
     keys = [request.idempotency_key for request in backend.requests]
     assert len(set(keys)) == 1
 
-    from opsgate.core.backends import derive_key
+    from opsgate.core.integrations.backends import derive_key
 
     other_key = derive_key(
         actor_id=world.user_ids["alice"], action="payment.reverse", client_key="k2"
@@ -344,7 +344,7 @@ def test_an_approved_execution_runs_remotely_under_the_approvals_key(
     assert sent.approval_id == pending.approval_id
     assert sent.execution_request_id == done.execution_request_id
     assert sent.request_id == "req-big"
-    from opsgate.core.backends import derive_key
+    from opsgate.core.integrations.backends import derive_key
 
     assert sent.idempotency_key == derive_key(
         actor_id=world.user_ids["alice"], action="payment.reverse", approval_id=pending.approval_id
@@ -464,7 +464,7 @@ def test_a_call_abandoned_by_a_crash_is_reconciled_once_it_is_old_enough(
 def test_the_background_loop_settles_unknown_calls(
     remote: Services, backend: ScriptedBackend, db: Database, world: World, clock: FrozenClock
 ) -> None:
-    from opsgate.core.reconcile import ReconcileLoop
+    from opsgate.core.integrations.reconcile import ReconcileLoop
 
     payment = small_payment(db, world, at_most=10_000)
     backend.answers.append(lambda _r: failed_answer("unknown", None))

@@ -1,4 +1,5 @@
-"""HMAC signatures between opsgate and its backends (core/signing.py): v2 requests, answers
+"""HMAC signatures between opsgate and its backends (core/integrations/signing.py): v2 requests,
+answers
 bound to their request, and the v1 migration window."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import hmac
 import pytest
 from httpx import Headers
 
-from opsgate.core.signing import (
+from opsgate.core.integrations.signing import (
     DEFAULT_TOLERANCE_SECONDS,
     NONCE_HEADER,
     REPLAYED_HEADER,

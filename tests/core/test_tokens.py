@@ -8,11 +8,11 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from opsgate.core import tokens
 from opsgate.core.clock import FrozenClock
 from opsgate.core.errors import NotFound, Unauthenticated
-from opsgate.core.tokens import LAST_USED_RESOLUTION, IssuedToken
-from opsgate.core.users import find_user
+from opsgate.core.identity import tokens
+from opsgate.core.identity.tokens import LAST_USED_RESOLUTION, IssuedToken
+from opsgate.core.identity.users import find_user
 from opsgate.db.engine import Database
 from opsgate.db.models import ApiToken, User
 from tests.conftest import World

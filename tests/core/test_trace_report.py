@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from opsgate_demo.seed import DEMO_USERS
 
-from opsgate.core import trace_report
-from opsgate.core.actors import Actor, Origin
-from opsgate.core.approvals import Decision
+from opsgate.core.approvals.gate import Decision
+from opsgate.core.audit import trace_report
+from opsgate.core.audit.trace_report import EventKind, TraceReport
 from opsgate.core.errors import ApprovalNotPending
-from opsgate.core.trace_report import EventKind, TraceReport
+from opsgate.core.identity.actors import Actor, Origin
 from opsgate.db.models import BackendCall, OutboxEvent
-from opsgate.domain.seed import DEMO_USERS
 from opsgate.web.services import Services
 from tests.conftest import World
 

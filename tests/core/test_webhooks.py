@@ -18,12 +18,12 @@ from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from opsgate.cli import app as cli
-from opsgate.core import outbox
-from opsgate.core.actors import Origin
-from opsgate.core.approvals import Decision
+from opsgate.core.approvals.gate import Decision
 from opsgate.core.clock import FrozenClock
-from opsgate.core.integrations import Integrations
-from opsgate.core.webhooks import (
+from opsgate.core.identity.actors import Origin
+from opsgate.core.integrations import outbox
+from opsgate.core.integrations.config import Integrations
+from opsgate.core.integrations.webhooks import (
     MAX_DELAY,
     Deliverer,
     DeliveryReport,

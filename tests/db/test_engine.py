@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opsgate_demo.models import Customer, Note
 from sqlalchemy import select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
@@ -16,7 +17,6 @@ from sqlalchemy.exc import IntegrityError, StatementError
 
 from opsgate.db.base import UTCDateTime
 from opsgate.db.engine import SQLITE_BUSY_TIMEOUT_MS, Database, normalise_url
-from opsgate.domain.models import Customer, Note
 from opsgate.settings import Settings
 from opsgate.web.services import Services
 from tests.conftest import TestDatabase, World

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import command
 
-from opsgate.core.actors import Actor, Origin
-from opsgate.core.audit_chain import verify
+from opsgate.core.audit.chain import verify
+from opsgate.core.identity.actors import Actor, Origin
 from opsgate.db.engine import Database
 from opsgate.db.migrate import alembic_config, upgrade
 from opsgate.web.services import Services

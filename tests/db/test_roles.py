@@ -13,8 +13,8 @@ from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
 from opsgate.cli import app
-from opsgate.core.actors import Origin
-from opsgate.core.audit import AuditEntry, AuditResult, record
+from opsgate.core.audit.records import AuditEntry, AuditResult, record
+from opsgate.core.identity.actors import Origin
 from opsgate.db.engine import Database
 from opsgate.db.migrate import grant_app_role, role_of
 from opsgate.settings import get_settings

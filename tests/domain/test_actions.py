@@ -8,15 +8,7 @@ from itertools import count
 from typing import Any
 
 import pytest
-from sqlalchemy import select
-
-from opsgate.core.actors import Actor, Origin
-from opsgate.core.clock import FrozenClock
-from opsgate.core.errors import DomainRejected, Forbidden, InvalidPayload, TargetNotFound
-from opsgate.core.gateway import ActionResult, Gateway
-from opsgate.core.policy import parse_policy
-from opsgate.db.engine import Database
-from opsgate.domain.models import (
+from opsgate_demo.models import (
     Account,
     AccountKind,
     AccountStatus,
@@ -25,8 +17,16 @@ from opsgate.domain.models import (
     KycStatus,
     Note,
 )
-from opsgate.domain.seed import DEMO_USERS
-from opsgate.settings import DEMO_POLICY
+from opsgate_demo.plugin import DEMO_POLICY
+from opsgate_demo.seed import DEMO_USERS
+from sqlalchemy import select
+
+from opsgate.core.actions.gateway import ActionResult, Gateway
+from opsgate.core.actions.policy import parse_policy
+from opsgate.core.clock import FrozenClock
+from opsgate.core.errors import DomainRejected, Forbidden, InvalidPayload, TargetNotFound
+from opsgate.core.identity.actors import Actor, Origin
+from opsgate.db.engine import Database
 from opsgate.web.services import Services
 from tests.conftest import World
 

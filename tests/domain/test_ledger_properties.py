@@ -8,14 +8,14 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from opsgate_demo.models import LedgerTransaction, Payment
+from opsgate_demo.seed import DEMO_USERS
 from sqlalchemy import func, select
 
-from opsgate.core.actors import Actor, Origin
-from opsgate.core.approvals import Decision
+from opsgate.core.approvals.gate import Decision
 from opsgate.core.errors import OpsgateError
+from opsgate.core.identity.actors import Actor, Origin
 from opsgate.db.engine import Database
-from opsgate.domain.models import LedgerTransaction, Payment
-from opsgate.domain.seed import DEMO_USERS
 from opsgate.web.services import Services
 from tests.conftest import World
 from tests.domain.test_money import ledger_is_consistent

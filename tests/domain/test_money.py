@@ -8,15 +8,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from opsgate_demo.models import Account, LedgerEntry, Payment, PaymentReversal
+from opsgate_demo.seed import DEMO_USERS
 from sqlalchemy import func, select
 
-from opsgate.core.actors import Actor, Origin
-from opsgate.core.approvals import Decision
+from opsgate.core.approvals.gate import Decision
 from opsgate.core.errors import DomainRejected, LimitExceeded
+from opsgate.core.identity.actors import Actor, Origin
 from opsgate.db.engine import Database
 from opsgate.db.models import ApprovalRequest, AuditRecord
-from opsgate.domain.models import Account, LedgerEntry, Payment, PaymentReversal
-from opsgate.domain.seed import DEMO_USERS
 from opsgate.web.services import Services
 from tests.conftest import World, demo_policy_with, services_with_policy
 from tests.step_ups import stepped_up

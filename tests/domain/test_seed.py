@@ -5,16 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import func, select
-
-from opsgate.core.clock import FrozenClock
-from opsgate.core.policy import load_policy
-from opsgate.db.engine import Database
-from opsgate.db.models import User
-from opsgate.domain import seed as demo_seed
-from opsgate.domain.catalog import build_registry
-from opsgate.domain.ledger import entries_balance
-from opsgate.domain.models import (
+from opsgate_demo import seed as demo_seed
+from opsgate_demo.ledger import entries_balance
+from opsgate_demo.models import (
     Account,
     AccountKind,
     Customer,
@@ -23,8 +16,15 @@ from opsgate.domain.models import (
     Payment,
     PaymentDirection,
 )
-from opsgate.settings import DEMO_POLICY
+from opsgate_demo.plugin import DEMO_POLICY
+from sqlalchemy import func, select
+
+from opsgate.core.actions.policy import load_policy
+from opsgate.core.clock import FrozenClock
+from opsgate.db.engine import Database
+from opsgate.db.models import User
 from tests.conftest import World
+from tests.registries import build_registry
 
 
 def count(db: Database, model: Any, *where: Any) -> int:

@@ -1,4 +1,4 @@
-"""A real `opsgate ledger-service serve` under concurrent calls (SQLite and PostgreSQL)."""
+"""A real `opsgate demo ledger-service serve` under concurrent calls (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,16 @@ def server(ledger_url: str, tmp_path: Path) -> Iterator[Server]:
     env = os.environ | {"OPSGATE_LEDGER_DATABASE_URL": ledger_url, "OPSGATE_LEDGER_SECRET": SECRET}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "opsgate.cli", "ledger-service", "serve", "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "opsgate.cli",
+                "demo",
+                "ledger-service",
+                "serve",
+                "--port",
+                str(port),
+            ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -1,4 +1,4 @@
-"""`opsgate ledger-service init` and `serve`: the ledger's database and its start-up checks."""
+"""`opsgate demo ledger-service init` and `serve`: the ledger's database and its start-up checks."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from opsgate_demo.ledger_service.bootstrap import InitError, initialise
+from opsgate_demo.ledger_service.models import DOMAIN_TABLES, check_self_contained
 from sqlalchemy import MetaData, select
 from typer.testing import CliRunner
 
 from opsgate.cli import app
 from opsgate.db.engine import Database
-from opsgate.ledger_service.bootstrap import InitError, initialise
-from opsgate.ledger_service.models import DOMAIN_TABLES, check_self_contained
 from tests.conftest import TestDatabase
 
 runner = CliRunner()
@@ -48,7 +48,7 @@ def test_init_again_leaves_the_ledger_as_it_is(test_db: TestDatabase, ledger_url
     before = table_ids(ledger_url)
 
     result = runner.invoke(
-        app, ["ledger-service", "init", "--from", test_db.url, "--database-url", ledger_url]
+        app, ["demo", "ledger-service", "init", "--from", test_db.url, "--database-url", ledger_url]
     )
 
     assert result.exit_code == 0, result.output
@@ -61,7 +61,7 @@ def test_init_refuses_a_source_without_demo_data(tmp_path: Path) -> None:
     source = f"sqlite:///{tmp_path / 'empty.db'}"
 
     result = runner.invoke(
-        app, ["ledger-service", "init", "--from", source, "--database-url", ledger_url]
+        app, ["demo", "ledger-service", "init", "--from", source, "--database-url", ledger_url]
     )
 
     assert result.exit_code == 1
@@ -102,7 +102,7 @@ def test_the_money_tables_refer_only_to_each_other() -> None:
 def test_serve_refuses_to_start_without_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPSGATE_LEDGER_SECRET", raising=False)
 
-    result = runner.invoke(app, ["ledger-service", "serve"])
+    result = runner.invoke(app, ["demo", "ledger-service", "serve"])
 
     assert result.exit_code == 2
     assert "OPSGATE_LEDGER_SECRET" in " ".join(result.output.split())
@@ -114,7 +114,7 @@ def test_serve_refuses_an_uninitialised_database(
     monkeypatch.setenv("OPSGATE_LEDGER_SECRET", "s" * 32)
     monkeypatch.setenv("OPSGATE_LEDGER_DATABASE_URL", f"sqlite:///{tmp_path / 'none.db'}")
 
-    result = runner.invoke(app, ["ledger-service", "serve"])
+    result = runner.invoke(app, ["demo", "ledger-service", "serve"])
 
     assert result.exit_code == 2
     assert "ledger-service init" in " ".join(result.output.split())

@@ -17,11 +17,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from opsgate_demo.models import Account, AccountStatus, Note, Payment, PaymentStatus
 from sqlalchemy import select
 
-from opsgate.core.reconcile import reconcile
+from opsgate.core.integrations.reconcile import reconcile
 from opsgate.db.engine import Database
-from opsgate.domain.models import Account, AccountStatus, Note, Payment, PaymentStatus
 from opsgate.settings import Settings
 from opsgate.web.services import Services
 from tests.conftest import TestDatabase, demo_policy_with

@@ -174,7 +174,7 @@ class Traffic:
             if not open_ones:
                 return
             chosen = rng.choice(open_ones)
-            # Money approvals need a fresh proof of identity (core/step_up.py).
+            # Money approvals need a fresh proof of identity (core/approvals/step_up.py).
             grant = step_up_header(self.db, self.tokens[reviewer])
             self.send(
                 Job(

@@ -16,15 +16,16 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from opsgate_demo.models import Account, AccountKind, AccountStatus, Note
+from opsgate_demo.plugin import DEMO_POLICY
+from opsgate_demo.targets import account_state
 from sqlalchemy import func, or_, select
 
 from opsgate.core.clock import FrozenClock
-from opsgate.core.tokens import hash_secret, revoke_token
+from opsgate.core.identity.tokens import hash_secret, revoke_token
 from opsgate.db.engine import Database
 from opsgate.db.models import ApiToken, AuditRecord
-from opsgate.domain.models import Account, AccountKind, AccountStatus, Note
-from opsgate.domain.targets import account_state
-from opsgate.settings import DEMO_POLICY, Settings
+from opsgate.settings import Settings
 from opsgate.web.app import create_app
 from opsgate.web.services import Services
 from tests.conftest import TestDatabase, World

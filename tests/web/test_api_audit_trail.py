@@ -14,21 +14,21 @@ import httpx
 import pytest
 from click.testing import Result
 from fastapi.testclient import TestClient
+from opsgate_demo.models import Account, Payment
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from opsgate.cli import app
-from opsgate.core.actors import Origin
-from opsgate.core.audit import AuditResult
-from opsgate.core.audit_chain import Checkpoint
-from opsgate.core.audit_files import CSV_COLUMNS
-from opsgate.core.backends import LookupAnswer
+from opsgate.core.audit.chain import Checkpoint
+from opsgate.core.audit.files import CSV_COLUMNS
+from opsgate.core.audit.records import AuditResult
 from opsgate.core.clock import FrozenClock
 from opsgate.core.errors import BackendTimeout, LimitExceeded
-from opsgate.core.reconcile import reconcile
+from opsgate.core.identity.actors import Origin
+from opsgate.core.integrations.backends import LookupAnswer
+from opsgate.core.integrations.reconcile import reconcile
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord
-from opsgate.domain.models import Account, Payment
 from opsgate.settings import get_settings
 from opsgate.web.services import Services
 from tests.conftest import TestDatabase, World, demo_policy_with, services_with_policy

@@ -8,12 +8,12 @@ from typing import Any
 
 import httpx
 from fastapi.testclient import TestClient
+from opsgate_demo.models import Payment, PaymentReversal
 from sqlalchemy import func, select
 
 from opsgate.core.clock import FrozenClock
 from opsgate.db.engine import Database
 from opsgate.db.models import ApprovalRequest, IdempotencyRecord
-from opsgate.domain.models import Payment, PaymentReversal
 from opsgate.web.services import Services
 from tests.conftest import TestDatabase, World
 from tests.servers import start_server

@@ -10,16 +10,16 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from opsgate_demo.models import Account, AccountKind, Customer
+from opsgate_demo.seed import DEMO_USERS
 from sqlalchemy import select
 
+from opsgate.core.actions.policy import Capability
 from opsgate.core.clock import FrozenClock
-from opsgate.core.policy import Capability
-from opsgate.core.tokens import issue_token
-from opsgate.core.users import ensure_user
+from opsgate.core.identity.tokens import issue_token
+from opsgate.core.identity.users import ensure_user
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord
-from opsgate.domain.models import Account, AccountKind, Customer
-from opsgate.domain.seed import DEMO_USERS
 from opsgate.web.services import Services
 from tests.conftest import TestDatabase, World
 

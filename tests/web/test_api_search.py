@@ -16,14 +16,15 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from opsgate_demo.models import Customer
+from opsgate_demo.plugin import DEMO_POLICY
 from sqlalchemy import select
 
+from opsgate.core.audit.redaction import mask_email, mask_name, mask_phone
 from opsgate.core.clock import FrozenClock
-from opsgate.core.redaction import mask_email, mask_name, mask_phone
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord
-from opsgate.domain.models import Customer
-from opsgate.settings import DEMO_POLICY, Settings
+from opsgate.settings import Settings
 from opsgate.web.services import Services
 from tests.conftest import TestDatabase, World
 from tests.servers import Server, start_server

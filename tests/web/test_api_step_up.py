@@ -1,4 +1,4 @@
-"""Step-up for money-moving approvals through the API (core/step_up.py, `/auth/step-up`):
+"""Step-up for money-moving approvals through the API (core/approvals/step_up.py, `/auth/step-up`):
 a 30-day bearer token alone does not approve money; a fresh, bound, single-use grant does."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from opsgate.core import passwords, tokens
 from opsgate.core.clock import FrozenClock
-from opsgate.core.users import find_user
+from opsgate.core.identity import passwords, tokens
+from opsgate.core.identity.users import find_user
 from opsgate.db.models import ApprovalRequest, AuditRecord, StepUpGrant
 from opsgate.web.services import Services
 from tests.conftest import World
@@ -228,8 +228,8 @@ def test_rejecting_a_money_request_needs_no_step_up(
 def test_the_rule_lives_in_the_control_layer_not_the_route(
     client: TestClient, world: World, services: Services
 ) -> None:
-    from opsgate.core.actors import Actor, Origin
     from opsgate.core.errors import StepUpRequired
+    from opsgate.core.identity.actors import Actor, Origin
 
     approval_id = money_request(client, world)
     rita = Actor(id=world.user_ids["rita"], name="Rita", roles=frozenset({"risk_reviewer"}))

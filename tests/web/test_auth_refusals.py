@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from opsgate_demo.plugin import DEMO_POLICY
 from sqlalchemy import select
 
-from opsgate.core.auth_refusals import Refusals
 from opsgate.core.clock import FrozenClock
+from opsgate.core.identity.auth_refusals import Refusals
 from opsgate.db.models import AuditRecord
-from opsgate.settings import DEMO_POLICY, Settings
+from opsgate.settings import Settings
 from opsgate.web.app import create_app
 from opsgate.web.services import Services
 from tests.conftest import TestDatabase, World

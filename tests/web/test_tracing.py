@@ -216,7 +216,8 @@ def test_httpx_calls_are_spans_of_the_current_trace(
 _PROBE = """
 import json, sys
 from fastapi.testclient import TestClient
-from opsgate.settings import DEMO_POLICY, Settings
+from opsgate.settings import Settings
+from opsgate_demo.plugin import DEMO_POLICY
 from opsgate.web.app import create_app
 
 app = create_app(Settings(database_url=sys.argv[1], policy=DEMO_POLICY), configure_logs=False)

@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from opsgate.core.actors import Origin
 from opsgate.core.errors import InvalidPayload
+from opsgate.core.identity.actors import Origin
 from opsgate.db.models import AuditRecord
 from opsgate.web.services import Services
 from tests.conftest import World
@@ -123,7 +123,7 @@ def test_nul_in_a_console_form_is_an_audited_422(client: TestClient, services: S
 
 
 def test_the_gateway_refuses_unsafe_text_from_any_caller(services: Services, world: World) -> None:
-    from opsgate.core.actors import Actor
+    from opsgate.core.identity.actors import Actor
 
     actor = Actor(id=world.user_ids["alice"], name="Alice", roles=frozenset({"support_agent"}))
     origin = Origin(request_id="req_gateway_nul", ip=None, user_agent=None)

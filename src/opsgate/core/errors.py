@@ -81,7 +81,7 @@ class StepUpRequired(OpsgateError):
 
 class AuthenticationRateLimited(OpsgateError):
     """Too many refused authentications from this address in this minute
-    (core/auth_refusals.py); a valid credential is still accepted."""
+    (core/identity/auth_refusals.py); a valid credential is still accepted."""
 
     code = ProblemCode.AUTHENTICATION_RATE_LIMITED
     status = 429

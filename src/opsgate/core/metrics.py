@@ -31,14 +31,14 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from sqlalchemy import func, select
 
-from opsgate.core.approval_states import ApprovalStatus
-from opsgate.core.backends import BackendOutcome
+from opsgate.core.approvals.states import ApprovalStatus
 from opsgate.core.errors import OpsgateError, ProblemCode
+from opsgate.core.integrations.backends import BackendOutcome
 from opsgate.db.engine import Database
 from opsgate.db.models import ApprovalRequest
 
 if TYPE_CHECKING:
-    from opsgate.core.registry import Registry
+    from opsgate.core.actions.registry import Registry
 
 MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 # Fixed when prometheus_client is imported: it picks file-backed values only if this is set.

@@ -9,7 +9,7 @@ A `Database` may bound how long a write transaction waits (`lock_timeout`) and h
 statement runs (`statement_timeout`): PostgreSQL's `SET LOCAL` at the start of every write
 transaction, SQLite's busy timeout (it has no statement timeout). The server sets both below
 the idempotency takeover timeout (settings.py), so a request stuck behind a locked target gives
-up before a retry may judge it dead (core/idempotency.py).
+up before a retry may judge it dead (core/actions/idempotency.py).
 """
 
 from __future__ import annotations

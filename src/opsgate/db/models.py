@@ -30,7 +30,7 @@ class User(Base):
     display_name: Mapped[str] = mapped_column(String(200))
     is_active: Mapped[bool] = mapped_column(default=True)
     # A machine (e.g. the Prometheus scraper), not a person: it never signs in to the console,
-    # so its API tokens come from the CLI (core/tokens.py `check_cli_issue`).
+    # so its API tokens come from the CLI (core/identity/tokens.py `check_cli_issue`).
     is_service_account: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     version: Mapped[int] = mapped_column(default=1, server_default="1")
@@ -276,7 +276,7 @@ class IdempotencyRecord(Base):
 
 class UsageEvent(Base):
     """One accepted use of an action by an actor (executed, or held for approval), for usage
-    limits and cumulative policy conditions (core/aggregates.py)."""
+    limits and cumulative policy conditions (core/actions/aggregates.py)."""
 
     __tablename__ = "usage_events"
 
@@ -301,7 +301,7 @@ class UsageEvent(Base):
 
 
 class UserPassword(Base):
-    """A local password as an Argon2id hash (core/passwords.py). People who sign in only
+    """A local password as an Argon2id hash (core/identity/passwords.py). People who sign in only
     through single sign-on have none."""
 
     __tablename__ = "user_passwords"
@@ -312,7 +312,7 @@ class UserPassword(Base):
 
 
 class ConsoleSession(Base):
-    """A signed-in browser (core/console_sessions.py). Only the SHA-256 of the session's
+    """A signed-in browser (core/identity/console_sessions.py). Only the SHA-256 of the session's
     secret is kept; the cookie carries the ID and the secret, signed."""
 
     __tablename__ = "console_sessions"
@@ -336,7 +336,8 @@ class ConsoleSession(Base):
 
 class StepUpGrant(Base):
     """A fresh proof of identity for one money-moving approval through the API
-    (core/step_up.py): bound to its user and the bearer token that asked for it, short-lived,
+    (core/approvals/step_up.py): bound to its user and the bearer token that asked for it,
+    short-lived,
     used at most once. Only the SHA-256 of its secret is kept."""
 
     __tablename__ = "step_up_grants"
@@ -371,7 +372,8 @@ class LoginFailure(Base):
 
 
 class AuthRefusalWindow(Base):
-    """Refused authentications from one source address in one minute (core/auth_refusals.py):
+    """Refused authentications from one source address in one minute
+    (core/identity/auth_refusals.py):
     counted here instead of one audit record each; `audited` is how many of them audit
     records already account for."""
 
@@ -400,7 +402,8 @@ class UserIdentity(Base):
 
 
 class BackendCall(Base):
-    """One call of an action to a remote backend (core/backends.py), recorded before the
+    """One call of an action to a remote backend (core/integrations/backends.py), recorded before
+    the
     request leaves and settled after: an outcome that cannot be known (a timeout, a crash) is
     `unknown` until `opsgate reconcile` asks the backend with the same idempotency key."""
 
@@ -441,7 +444,7 @@ class BackendCall(Base):
 class OutboxEvent(Base):
     """A notification to deliver to one webhook subscription, written in the transaction of
     the change it reports (so none is lost or sent for a rolled-back action) and delivered
-    after commit, with retries, by core/webhooks.py."""
+    after commit, with retries, by core/integrations/webhooks.py."""
 
     __tablename__ = "outbox_events"
 

@@ -8,14 +8,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from opsgate import __version__
-from opsgate.core.anchoring import Anchoring, start_anchoring
-from opsgate.core.auth_refusals import RefusalFlushLoop
+from opsgate.core.audit.anchoring import Anchoring, start_anchoring
+from opsgate.core.identity.auth_refusals import RefusalFlushLoop
+from opsgate.core.integrations.reconcile import ReconcileLoop
+from opsgate.core.integrations.webhooks import start_delivery
 from opsgate.core.metrics import mark_process_dead
-from opsgate.core.reconcile import ReconcileLoop
-from opsgate.core.webhooks import start_delivery
 from opsgate.logging import configure_logging
 from opsgate.settings import Settings, get_settings
-from opsgate.web import bench, console, docs, problems
+from opsgate.web import console, docs, problems
 from opsgate.web.api import actions, approvals, audit, controls, health, metrics, search, step_up
 from opsgate.web.bounded_input import BoundedInputMiddleware
 from opsgate.web.deps import refusals_of
@@ -40,21 +40,21 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         services.record_startup()
-        # Several processes may deliver at once: claims are safe (core/webhooks.py).
+        # Several processes may deliver at once: claims are safe (core/integrations/webhooks.py).
         delivery = (
             start_delivery(services.db, services.integrations, services.clock, settings.public_url)
             if settings.webhook_delivery
             else None
         )
         # Unknown backend outcomes are settled without waiting for a cron job (and safely from
-        # several processes: core/reconcile.py).
+        # several processes: core/integrations/reconcile.py).
         reconciling = None
         if services.integrations.backends and settings.reconcile_interval_seconds:
             reconciling = ReconcileLoop(services.gateway, settings.reconcile_interval_seconds)
             reconciling.start()
-        refusals = RefusalFlushLoop(refusals_of(services))  # core/auth_refusals.py
+        refusals = RefusalFlushLoop(refusals_of(services))  # core/identity/auth_refusals.py
         refusals.start()
-        # The chain head is signed and kept outside the database (core/anchoring.py).
+        # The chain head is signed and kept outside the database (core/audit/anchoring.py).
         anchoring = start_anchoring(
             services.db, Anchoring.from_settings(settings), services.integrations, services.clock
         )
@@ -84,8 +84,10 @@ def create_app(
     for module in (actions, approvals, audit, controls, search, health, step_up):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(metrics.router)  # `/metrics` for scrapers, and under /api/v1
-    if settings.bench_endpoints:
-        app.include_router(bench.router)
+    if settings.bench_endpoints:  # uncontrolled twins of plugin actions, for `make bench` only
+        for item in services.plugins:
+            if item.plugin.bench_router is not None:
+                app.include_router(item.plugin.bench_router)
     console.install(app, settings)
     docs.install(app)
     # Outermost last: request context (ID, logs), then security headers on every response,

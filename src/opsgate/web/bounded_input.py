@@ -10,7 +10,7 @@ Three promises, each kept before authentication and before a worker thread is ta
   stalled client holds no more than a coroutine, for a bounded time;
 - content: the path, the query parameters and JSON or form bodies hold no NUL character or
   lone surrogate, and JSON nests no deeper than `MAX_JSON_DEPTH` (422 `invalid_payload`), so
-  that neither the parser nor the database fails on them (core/input_checks.py).
+  that neither the parser nor the database fails on them (core/actions/input_checks.py).
 
 Every refusal is an audited problem response with the request ID. opsgate has no streaming
 uploads, so reading bodies whole (at most `body_limit_bytes`) costs nothing its routes did not.
@@ -27,9 +27,9 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from opsgate.core.audit import AuditEntry, AuditResult
+from opsgate.core.actions.input_checks import UnsafeInput, load_json, problem, unsafe_character
+from opsgate.core.audit.records import AuditEntry, AuditResult
 from opsgate.core.errors import InvalidPayload, OpsgateError, PayloadTooLarge, RequestTimeout
-from opsgate.core.input_checks import UnsafeInput, load_json, problem, unsafe_character
 from opsgate.web.deps import origin_of
 from opsgate.web.problems import from_error
 from opsgate.web.security import SESSION_COOKIE

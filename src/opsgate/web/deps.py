@@ -6,12 +6,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from opsgate.core import tokens
-from opsgate.core.actors import Actor, Origin
-from opsgate.core.audit import AuditEntry, AuditResult
-from opsgate.core.auth_refusals import Refusals
+from opsgate.core.actions.policy import Capability
+from opsgate.core.audit.records import AuditEntry, AuditResult
 from opsgate.core.errors import AuthenticationRateLimited, Unauthenticated
-from opsgate.core.policy import Capability
+from opsgate.core.identity import tokens
+from opsgate.core.identity.actors import Actor, Origin
+from opsgate.core.identity.auth_refusals import Refusals
 from opsgate.web.services import Services
 
 
@@ -68,7 +68,7 @@ def authenticate(request: Request, services: Services, origin: Origin) -> Actor:
             error_code=exc.code.value,
             error_message=exc.detail,
         )
-        # Counted per source and minute, not one audit record each (core/auth_refusals.py).
+        # Counted per source and minute, not one audit record each (core/identity/auth_refusals.py).
         if refusals_of(services).refuse(refusal, origin):
             raise AuthenticationRateLimited(
                 "Too many refused authentications from this address; wait a minute.",

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from opsgate.core.audit import AuditEntry, AuditResult
+from opsgate.core.audit.records import AuditEntry, AuditResult
 from opsgate.core.errors import (
     InvalidPayload,
     OpsgateError,

@@ -7,20 +7,20 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from opsgate import __version__
-from opsgate.core.actors import Actor, Origin
-from opsgate.core.approvals import Approvals
-from opsgate.core.audit import AuditEntry, AuditResult
+from opsgate.core.actions.gateway import Gateway
+from opsgate.core.actions.idempotency import Idempotency
+from opsgate.core.actions.policy import Capability, Policy, load_policy
+from opsgate.core.actions.registry import Registry
+from opsgate.core.approvals.gate import Approvals
+from opsgate.core.audit.records import AuditEntry, AuditResult
 from opsgate.core.clock import Clock, SystemClock
 from opsgate.core.errors import Forbidden
-from opsgate.core.gateway import Gateway
-from opsgate.core.idempotency import Idempotency
-from opsgate.core.integrations import NO_INTEGRATIONS, Integrations, load_integrations
-from opsgate.core.policy import Capability, Policy, load_policy
-from opsgate.core.registry import Registry
+from opsgate.core.identity.actors import Actor, Origin
+from opsgate.core.integrations.config import NO_INTEGRATIONS, Integrations, load_integrations
 from opsgate.core.request_ids import new_request_id
 from opsgate.core.tracing import new_trace_id
 from opsgate.db.engine import Database
-from opsgate.domain.catalog import build_registry
+from opsgate.plugins import Enabled, load_setup
 from opsgate.settings import Settings
 
 
@@ -34,17 +34,20 @@ class Services:
     gateway: Gateway
     approvals: Approvals
     integrations: Integrations = NO_INTEGRATIONS
+    plugins: tuple[Enabled, ...] = ()
 
     @classmethod
     def build(
         cls, settings: Settings, *, clock: Clock | None = None, maintenance: bool = False
     ) -> Services:
         """Load and validate the policy and the integrations, open the database; raise
-        PolicyError or IntegrationsError naming every problem. Write transactions are bounded
+        PolicyError, IntegrationsError or PluginError naming every problem. Write transactions are
+        bounded
         by the database timeouts, except for `maintenance` (bulk deletes by the CLI)."""
-        registry = build_registry()
-        policy = load_policy(settings.policy, registry)
-        integrations = load_integrations(settings.integrations, registry)
+        setup = load_setup(settings.plugins, settings.policy, settings.integrations)
+        registry = setup.registry
+        policy = load_policy(setup.policy, registry)
+        integrations = load_integrations(setup.integrations, registry)
         if maintenance:
             db = Database(settings.database_url)
         else:
@@ -65,7 +68,9 @@ class Services:
             reauth_after=timedelta(minutes=settings.console_reauth_minutes),
             fault=settings.fault_injection,
         )
-        return cls(settings, db, registry, policy, clock, gateway, approvals, integrations)
+        return cls(
+            settings, db, registry, policy, clock, gateway, approvals, integrations, setup.plugins
+        )
 
     def record_startup(self) -> None:
         """Audit that this process started and which policy it loaded (PCI DSS 10.2.1.6)."""

@@ -13,8 +13,8 @@ from argon2.profiles import CHEAPEST
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from opsgate.core import passwords
-from opsgate.core.users import find_user
+from opsgate.core.identity import passwords
+from opsgate.core.identity.users import find_user
 from opsgate.db.models import AuditRecord
 from opsgate.web.services import Services
 

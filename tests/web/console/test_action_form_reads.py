@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from opsgate.core.users import ensure_user
+from opsgate.core.identity.users import ensure_user
 from opsgate.web.services import Services
 from tests.conftest import World
 from tests.web.console.conftest import Browser, audit_rows

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from opsgate_demo.models import Customer
 from sqlalchemy import select
 
-from opsgate.domain.models import Customer
 from opsgate.web.services import Services
 from tests.conftest import World
 from tests.web.console.conftest import Browser, audit_rows, key_of
@@ -44,7 +44,7 @@ def test_the_search_box_is_focused_and_slash_is_announced(browser: Callable[...,
 
 
 def test_search_needs_the_capability(browser: Callable[..., Browser], services: Services) -> None:
-    from opsgate.core.users import ensure_user
+    from opsgate.core.identity.users import ensure_user
 
     with services.db.writing() as session:
         ensure_user(session, "nora", "Nora Nobody", (), now=services.clock.now())
@@ -151,7 +151,7 @@ def test_the_customer_page_lists_accounts_payments_and_activity(
 def test_console_search_shows_masked_results_and_audits_only_a_keyed_hash(
     browser: Callable[..., Browser], services: Services, world: World
 ) -> None:
-    from opsgate.core.redaction import mask_email, mask_name
+    from opsgate.core.audit.redaction import mask_email, mask_name
 
     c = customer(services, world, 3)
     b = browser("alice")

@@ -27,14 +27,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from opsgate.core.policy import PolicyError, parse_policy
-from opsgate.core.users import find_user
+from opsgate.core.actions.policy import PolicyError, parse_policy
+from opsgate.core.identity.users import find_user
 from opsgate.db.models import UserIdentity
-from opsgate.domain.catalog import build_registry
 from opsgate.settings import Settings
 from opsgate.web.app import create_app
 from opsgate.web.services import Services
 from tests.conftest import TestDatabase, demo_policy_with
+from tests.registries import build_registry
 from tests.web.console.conftest import Browser, audit_rows
 
 CLIENT_ID = "opsgate-console"
@@ -369,8 +369,8 @@ def test_an_unreachable_provider_is_said_plainly(settings: Settings, services: S
 def test_roles_changed_at_sign_in_make_a_pending_role_change_about_them_stale(
     b: Browser, idp: Provider, services: Services, world: Any
 ) -> None:
-    from opsgate.core.actors import Actor, Origin
     from opsgate.core.errors import StaleApproval
+    from opsgate.core.identity.actors import Actor, Origin
 
     who = {"sub": "u-4004", "preferred_username": "gina", "name": "Gina"}
     assert sso_sign_in(b, idp, **who, groups=["support"]).status_code == 303

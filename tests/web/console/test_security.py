@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from opsgate_demo.models import Note
 from sqlalchemy import func, select
 
-from opsgate.domain.models import Note
 from opsgate.settings import Settings
 from opsgate.web.security import CONTENT_SECURITY_POLICY, secret_keys
 from opsgate.web.services import Services

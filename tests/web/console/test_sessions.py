@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 
-from opsgate.core import console_sessions
-from opsgate.core.actors import Origin
 from opsgate.core.clock import FrozenClock
-from opsgate.core.console_sessions import SessionEnd, SessionRules, SignInMethod
-from opsgate.core.users import find_user
+from opsgate.core.identity import console_sessions
+from opsgate.core.identity.actors import Origin
+from opsgate.core.identity.console_sessions import SessionEnd, SessionRules, SignInMethod
+from opsgate.core.identity.users import find_user
 from opsgate.web.security import Signing
 from opsgate.web.services import Services
 from tests.conftest import World

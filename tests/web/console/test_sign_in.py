@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from opsgate.core import passwords
 from opsgate.core.clock import FrozenClock
+from opsgate.core.identity import passwords
 from opsgate.web.services import Services
 from tests.conftest import World
 from tests.web.console.conftest import PASSWORD, Browser, audit_rows
@@ -107,7 +107,7 @@ def test_deactivated_user_cannot_sign_in(
     set_password: Callable[[str, str], None],
     services: Services,
 ) -> None:
-    from opsgate.core.users import find_user
+    from opsgate.core.identity.users import find_user
 
     set_password("alice", PASSWORD)
     with services.db.writing() as session:

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import select
 
-from opsgate.core import passwords
+from opsgate.core.identity import passwords
 from opsgate.db.models import AuditRecord, LoginFailure
 from opsgate.web.services import Services
 from tests.conftest import World

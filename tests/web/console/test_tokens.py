@@ -8,13 +8,14 @@ from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
+from opsgate_demo.plugin import DEMO_POLICY
 from sqlalchemy import select
 
-from opsgate.core import tokens
 from opsgate.core.clock import FrozenClock
-from opsgate.core.users import find_user
+from opsgate.core.identity import tokens
+from opsgate.core.identity.users import find_user
 from opsgate.db.models import ApiToken
-from opsgate.settings import DEMO_POLICY, Settings
+from opsgate.settings import Settings
 from opsgate.web.services import Services
 from tests.conftest import TestDatabase, World
 from tests.web.console.conftest import PASSWORD, Browser, audit_rows, csrf_of
@@ -156,9 +157,9 @@ def test_a_service_account_cannot_sign_in_even_with_a_password(
 def test_a_stale_single_sign_on_session_must_sign_in_again_first(
     browser: Callable[..., Browser], services: Services, clock: FrozenClock
 ) -> None:
-    from opsgate.core import console_sessions
-    from opsgate.core.actors import Origin
-    from opsgate.core.console_sessions import SessionRules, SignInMethod
+    from opsgate.core.identity import console_sessions
+    from opsgate.core.identity.actors import Origin
+    from opsgate.core.identity.console_sessions import SessionRules, SignInMethod
     from opsgate.web.security import Signing
 
     with services.db.writing() as session:

@@ -7,8 +7,6 @@ from typing import Any
 from alembic import context
 from sqlalchemy import event
 
-import opsgate.db.models
-import opsgate.domain.models  # noqa: F401  (registers the demo tables)
 from opsgate.db.base import Base
 from opsgate.db.engine import make_engine
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from opsgate.core.gateway import ActionEnvelope, ActionResult, Replayed
+from opsgate.core.actions.gateway import ActionEnvelope, ActionResult, Replayed
 from opsgate.web.deps import CurrentActor, OriginDep, ServicesDep, authenticate
 
 router = APIRouter(tags=["actions"])

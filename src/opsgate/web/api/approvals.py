@@ -11,14 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from opsgate.core import approval_metrics
-from opsgate.core.actors import Actor
-from opsgate.core.approval_states import ApprovalStatus
-from opsgate.core.approvals import Decision, DecisionResult
+from opsgate.core.actions.policy import Capability
+from opsgate.core.actions.registry import TargetRef
+from opsgate.core.approvals import metrics as approval_metrics
+from opsgate.core.approvals.gate import Decision, DecisionResult
+from opsgate.core.approvals.states import ApprovalStatus
+from opsgate.core.audit.redaction import redact, sensitive_fields
 from opsgate.core.clock import as_utc
-from opsgate.core.policy import Capability
-from opsgate.core.redaction import redact, sensitive_fields
-from opsgate.core.registry import TargetRef
+from opsgate.core.identity.actors import Actor
 from opsgate.db.models import ApprovalRequest, AuditRecord
 from opsgate.web.api.filters import FilterDate
 from opsgate.web.deps import CurrentActor, OriginDep, ServicesDep

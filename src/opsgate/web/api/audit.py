@@ -8,13 +8,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from opsgate.core import audit_chain, audit_search
-from opsgate.core.actors import Actor, Origin
-from opsgate.core.anchoring import Anchoring, verify_anchored
-from opsgate.core.audit import AuditEntry, AuditResult
+from opsgate.core.actions.policy import Capability
+from opsgate.core.audit import chain as audit_chain
+from opsgate.core.audit import search as audit_search
+from opsgate.core.audit.anchoring import Anchoring, verify_anchored
+from opsgate.core.audit.records import AuditEntry, AuditResult
 from opsgate.core.clock import as_utc
 from opsgate.core.errors import InvalidPayload
-from opsgate.core.policy import Capability
+from opsgate.core.identity.actors import Actor, Origin
 from opsgate.web.api.filters import FilterDate
 from opsgate.web.deps import OriginDep, ServicesDep, require
 from opsgate.web.services import Services

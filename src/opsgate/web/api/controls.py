@@ -7,9 +7,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from opsgate.core import controls_report
+from opsgate.core.actions.policy import Capability
+from opsgate.core.audit import controls_report
 from opsgate.core.clock import as_utc
-from opsgate.core.policy import Capability
 from opsgate.web.api.filters import FilterDate
 from opsgate.web.deps import ServicesDep, require
 

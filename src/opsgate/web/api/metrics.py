@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response
 
 from opsgate.core import metrics
-from opsgate.core.policy import Capability
+from opsgate.core.actions.policy import Capability
 from opsgate.web.deps import ServicesDep, require
 
 router = APIRouter(tags=["metrics"])

@@ -2,7 +2,7 @@
 personal data, masked as the console masks it, and both are recorded in the audit trail.
 
 A search (API or console, `audited_search`) is counted against the searcher's window limit
-(core/probing.py) and audited with a keyed hash of its term, the term's kind and length,
+(core/identity/probing.py) and audited with a keyed hash of its term, the term's kind and length,
 never the term: the trail is kept for 400 days and read by many, and a full email or phone
 number typed into the box is personal data.
 """
@@ -17,15 +17,15 @@ from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from opsgate_demo import search as records
 from starlette.concurrency import run_in_threadpool
 
-from opsgate.core import probing
-from opsgate.core.actors import Actor, Origin
-from opsgate.core.audit import AuditEntry, AuditResult
+from opsgate.core.actions.policy import Capability, ControlMode
+from opsgate.core.audit.records import AuditEntry, AuditResult
+from opsgate.core.audit.redaction import keyed_hash
 from opsgate.core.errors import LimitExceeded, NotFound
-from opsgate.core.policy import Capability, ControlMode
-from opsgate.core.redaction import keyed_hash
-from opsgate.domain import search as records
+from opsgate.core.identity import probing
+from opsgate.core.identity.actors import Actor, Origin
 from opsgate.settings import Settings
 from opsgate.web.deps import OriginDep, ServicesDep, require
 from opsgate.web.security import secret_keys

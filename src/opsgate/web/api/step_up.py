@@ -1,5 +1,5 @@
 """`/auth/step-up`: a bearer token's holder proves who they are again (their password) and
-gets a short-lived step-up grant for one money-moving approval (core/step_up.py)."""
+gets a short-lived step-up grant for one money-moving approval (core/approvals/step_up.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from opsgate.core import console_sessions, step_up
-from opsgate.core.actors import Actor, Origin
-from opsgate.core.audit import AuditEntry, AuditResult
-from opsgate.core.console_sessions import SessionRules, SignInRefused
+from opsgate.core.approvals import step_up
+from opsgate.core.audit.records import AuditEntry, AuditResult
 from opsgate.core.errors import LimitExceeded, Unauthenticated
+from opsgate.core.identity import console_sessions
+from opsgate.core.identity.actors import Actor, Origin
+from opsgate.core.identity.console_sessions import SessionRules, SignInRefused
 from opsgate.web.console.state import ConsoleState
 from opsgate.web.deps import CurrentActor, OriginDep, ServicesDep
 from opsgate.web.services import Services

@@ -10,13 +10,13 @@ import structlog
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from opsgate.core.actors import Origin
-from opsgate.core.audit import AuditEntry, AuditResult
+from opsgate.core.actions.gateway import ActionResult, Replayed
+from opsgate.core.actions.input_checks import unsafe_character
+from opsgate.core.actions.policy import Capability
+from opsgate.core.actions.registry import ActionSpec, RiskClass
+from opsgate.core.audit.records import AuditEntry, AuditResult
 from opsgate.core.errors import OpsgateError
-from opsgate.core.gateway import ActionResult, Replayed
-from opsgate.core.input_checks import unsafe_character
-from opsgate.core.policy import Capability
-from opsgate.core.registry import ActionSpec, RiskClass
+from opsgate.core.identity.actors import Origin
 from opsgate.db.models import ApprovalRequest
 from opsgate.web.console import outcomes
 from opsgate.web.console.auth import ConsoleRoute, Viewer, ViewerDep

@@ -10,13 +10,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from opsgate.core import console_sessions
-from opsgate.core.actors import Origin
-from opsgate.core.approval_states import ApprovalStatus
-from opsgate.core.approvals import Decision, DecisionResult
-from opsgate.core.console_sessions import SignInRefused
+from opsgate.core.actions.registry import RiskClass
+from opsgate.core.approvals.gate import Decision, DecisionResult
+from opsgate.core.approvals.states import ApprovalStatus
 from opsgate.core.errors import OpsgateError
-from opsgate.core.registry import RiskClass
+from opsgate.core.identity import console_sessions
+from opsgate.core.identity.actors import Origin
+from opsgate.core.identity.console_sessions import SignInRefused
 from opsgate.db.models import ApprovalRequest
 from opsgate.web.api.approvals import detail, summary
 from opsgate.web.console import formatting, outcomes

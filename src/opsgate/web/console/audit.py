@@ -16,11 +16,12 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
-from opsgate.core import audit_files, audit_search
-from opsgate.core.audit import AuditResult
-from opsgate.core.console_sessions import AuthAction
+from opsgate.core.actions.policy import Capability
+from opsgate.core.audit import files as audit_files
+from opsgate.core.audit import search as audit_search
+from opsgate.core.audit.records import AuditResult
 from opsgate.core.errors import InvalidPayload
-from opsgate.core.policy import Capability
+from opsgate.core.identity.console_sessions import AuthAction
 from opsgate.db.models import User
 from opsgate.web.api.audit import record_read
 from opsgate.web.api.filters import EARLIEST, LATEST

@@ -16,12 +16,12 @@ from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from opsgate.core import console_sessions
-from opsgate.core.actors import Actor
-from opsgate.core.audit import AuditEntry, AuditResult
-from opsgate.core.console_sessions import IssuedSession, SessionRefused, SignInMethod
+from opsgate.core.actions.policy import Capability
+from opsgate.core.audit.records import AuditEntry, AuditResult
 from opsgate.core.errors import AuthenticationRateLimited, Forbidden, OpsgateError
-from opsgate.core.policy import Capability
+from opsgate.core.identity import console_sessions
+from opsgate.core.identity.actors import Actor
+from opsgate.core.identity.console_sessions import IssuedSession, SessionRefused, SignInMethod
 from opsgate.db.models import User
 from opsgate.web.console.rendering import error_page
 from opsgate.web.console.state import ConsoleDep, ConsoleState
@@ -92,7 +92,8 @@ def current_viewer(
             refusal = exc
     if refusal is not None and refusal.actor is None:
         # A cookie that names no session: anyone can send these, so they are counted per
-        # source and minute like bad tokens (core/auth_refusals.py), not audited one by one.
+        # source and minute like bad tokens (core/identity/auth_refusals.py), not audited one by
+        # one.
         entry = AuditEntry(
             action=console_sessions.AuthAction.SESSION,
             result=AuditResult.DENIED,

@@ -6,19 +6,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from opsgate.core.registry import Registry, TargetRef
-from opsgate.db.models import AuditRecord
-from opsgate.domain.models import (
+from opsgate_demo.models import (
     Account,
     Customer,
     Note,
     Payment,
     PaymentReversal,
 )
-from opsgate.domain.search import customer_accounts, latest_notes, latest_payments
+from opsgate_demo.search import customer_accounts, latest_notes, latest_payments
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from opsgate.core.actions.registry import Registry, TargetRef
+from opsgate.db.models import AuditRecord
 
 PAYMENTS_SHOWN = 50
 NOTES_SHOWN = 50

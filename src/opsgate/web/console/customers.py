@@ -9,12 +9,12 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from opsgate.core.actors import Origin
-from opsgate.core.audit import AuditEntry, AuditResult
+from opsgate.core.actions.gateway import Replayed
+from opsgate.core.actions.policy import Capability
+from opsgate.core.actions.registry import TargetRef
+from opsgate.core.audit.records import AuditEntry, AuditResult
 from opsgate.core.errors import OpsgateError
-from opsgate.core.gateway import Replayed
-from opsgate.core.policy import Capability
-from opsgate.core.registry import TargetRef
+from opsgate.core.identity.actors import Origin
 from opsgate.web.console import outcomes
 from opsgate.web.console.auth import ConsoleRoute, Viewer, ViewerDep, require
 from opsgate.web.console.customer_reads import READ_ACTION, customer_of, customer_view

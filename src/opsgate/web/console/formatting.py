@@ -1,5 +1,5 @@
 """How values read on a console page: money, times and names. Personal data is masked by
-core/redaction.py, the one masking the API uses too."""
+core/audit/redaction.py, the one masking the API uses too."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from opsgate.core.registry import ActionSpec
+from opsgate.core.actions.registry import ActionSpec
 from opsgate.web.console.formatting import exponent, humanize, to_minor
 
 PAYLOAD_PREFIX = "payload."

@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from opsgate_demo import search as records
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from opsgate.core.approval_states import ApprovalStatus
-from opsgate.core.policy import Capability
+from opsgate.core.actions.policy import Capability
+from opsgate.core.approvals.states import ApprovalStatus
 from opsgate.db.models import ApprovalRequest, AuditRecord
-from opsgate.domain import search as records
 from opsgate.web.api.approvals import summary
 from opsgate.web.api.search import audited_search
 from opsgate.web.console.auth import ConsoleRoute, Viewer, ViewerDep, require

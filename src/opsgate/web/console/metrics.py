@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from opsgate.core import approval_metrics
-from opsgate.core.policy import Capability
+from opsgate.core.actions.policy import Capability
+from opsgate.core.approvals import metrics as approval_metrics
 from opsgate.web.console.auth import ConsoleRoute, ViewerDep, require
 from opsgate.web.console.charts import grouped_bars
 from opsgate.web.console.formatting import duration

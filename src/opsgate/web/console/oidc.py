@@ -4,7 +4,7 @@
 flow with PKCE and a nonce; endpoints from `{issuer}/.well-known/openid-configuration`).
 `GET /console/sign-in/oidc/callback` exchanges the code and has Authlib validate the ID
 token against the provider's JWKS (signature, issuer, audience, nonce, expiry). The groups
-claim gives roles through the policy (`core/sso.py`), and the session starts through
+claim gives roles through the policy (`core/identity/sso.py`), and the session starts through
 `begin_session` with `SignInMethod.OIDC`. Every refusal is audited (`auth.login`, denied).
 
 Authlib keeps the handshake (state, nonce, PKCE verifier) in Starlette's signed session
@@ -30,9 +30,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
-from opsgate.core import sso
-from opsgate.core.console_sessions import SignInMethod
-from opsgate.core.sso import SsoIdentity, SsoRefused
+from opsgate.core.identity import sso
+from opsgate.core.identity.console_sessions import SignInMethod
+from opsgate.core.identity.sso import SsoIdentity, SsoRefused
 from opsgate.db.models import User
 from opsgate.settings import Settings
 from opsgate.web.console.auth import ConsoleRoute, begin_session

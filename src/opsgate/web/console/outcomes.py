@@ -10,8 +10,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from opsgate.core.approval_states import ApprovalStatus
-from opsgate.core.approvals import DecisionResult
+from opsgate.core.approvals.gate import DecisionResult
+from opsgate.core.approvals.states import ApprovalStatus
 from opsgate.core.errors import OpsgateError, ProblemCode
 from opsgate.db.models import ApprovalRequest
 from opsgate.web.console import formatting

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from opsgate.core import console_sessions
-from opsgate.core.console_sessions import IssuedSession, SessionRefused, SignInRefused
+from opsgate.core.identity import console_sessions
+from opsgate.core.identity.console_sessions import IssuedSession, SessionRefused, SignInRefused
 from opsgate.web.console import oidc
 from opsgate.web.console.auth import (
     ConsoleRoute,

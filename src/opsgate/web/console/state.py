@@ -12,9 +12,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from opsgate.core import redaction
-from opsgate.core.console_sessions import SessionRules
-from opsgate.core.passwords import Throttle
+from opsgate.core.audit import redaction
+from opsgate.core.identity.console_sessions import SessionRules
+from opsgate.core.identity.passwords import Throttle
 from opsgate.settings import Settings
 from opsgate.web.console import formatting
 from opsgate.web.security import Signing, secret_keys

@@ -10,11 +10,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from opsgate.core import console_sessions
-from opsgate.core import tokens as token_service
-from opsgate.core.actors import Origin
-from opsgate.core.console_sessions import SignInRefused
 from opsgate.core.errors import NotFound
+from opsgate.core.identity import console_sessions
+from opsgate.core.identity import tokens as token_service
+from opsgate.core.identity.actors import Origin
+from opsgate.core.identity.console_sessions import SignInRefused
 from opsgate.db.models import ApiToken, User
 from opsgate.web.console.auth import ConsoleRoute, Viewer, ViewerDep
 from opsgate.web.console.rendering import render

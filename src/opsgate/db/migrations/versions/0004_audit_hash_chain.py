@@ -111,7 +111,7 @@ def _chain_existing_records() -> tuple[int, str]:
     sequence to be contiguous from 1 (nothing refers to it yet)."""
     from types import SimpleNamespace
 
-    from opsgate.core.audit_chain import GENESIS, HASHED_FIELDS, record_hash
+    from opsgate.core.audit.chain import GENESIS, HASHED_FIELDS, record_hash
 
     bind = op.get_bind()
     rows = bind.execute(sa.select(_RECORDS).order_by(_RECORDS.c.seq)).mappings().all()

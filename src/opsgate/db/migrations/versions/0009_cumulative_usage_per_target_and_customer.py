@@ -2,7 +2,7 @@
 
 Usage events record the target, the customer it belongs to and the approval request that
 holds the use, so that policy conditions can add up a target's, a customer's and an actor's
-requests (core/aggregates.py).
+requests (core/actions/aggregates.py).
 
 Revision ID: 0009
 Revises: 0008

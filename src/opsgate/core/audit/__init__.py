@@ -1,0 +1,1 @@
+"""The audit trail: records, the hash chain, anchoring, redaction, search, archives and reports."""

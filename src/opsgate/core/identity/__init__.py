@@ -1,0 +1,1 @@
+"""Who the actor is: users, API tokens, passwords, console sessions, single sign-on, refusals."""

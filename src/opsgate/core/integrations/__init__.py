@@ -1,0 +1,1 @@
+"""Other services: remote backends and their signing, reconciliation, webhooks and the outbox."""

@@ -1,0 +1,160 @@
+"""Finding, checking and registering plugins (the contract is `opsgate.plugin`).
+
+Plugins come from the `opsgate.plugins` entry-point group. `OPSGATE_PLUGINS` chooses among
+them: unset, every installed plugin is enabled; `none` (or empty), none; otherwise a comma-
+separated list, each an entry-point name or a `module:attribute` path (`module` alone means
+`module:plugin`). A plugin that fails to import or declares something invalid stops start-up
+with a `PluginError` naming the plugin and the problem.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+
+from opsgate.core.actions import admin_actions
+from opsgate.core.actions.registry import Registry, RegistryError
+from opsgate.plugin import Plugin
+
+ENTRY_POINT_GROUP = "opsgate.plugins"
+_PLUGIN_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+# opsgate's own top-level commands and API segments a plugin name must not shadow.
+RESERVED_NAMES = frozenset(
+    {"admin", "approvals", "audit", "db", "idempotency", "plugins", "policy", "reconcile",
+     "serve", "tokens", "users", "webhooks", "new", "system", "records"}
+)  # fmt: skip
+BUILT_IN_POLICY = Path(__file__).parent / "policy.toml"
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded, or what it declares is invalid."""
+
+    def __init__(self, plugin: str, problem: str) -> None:
+        super().__init__(f"plugin {plugin!r}: {problem}")
+        self.plugin = plugin
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class Enabled:
+    """A loaded plugin and where it came from (an entry point, or the setting)."""
+
+    plugin: Plugin
+    source: str
+
+
+def installed() -> list[EntryPoint]:
+    return sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+
+
+def discover(setting: str | None) -> list[Enabled]:
+    """The enabled plugins, loaded and checked, in a stable order."""
+    available = {ep.name: ep for ep in installed()}
+    if setting is None:
+        wanted = list(available)
+    else:
+        wanted = [part.strip() for part in setting.split(",") if part.strip()]
+        if wanted == ["none"]:
+            wanted = []
+    loaded: list[Enabled] = []
+    for name in wanted:
+        if name in available:
+            ep = available[name]
+            loaded.append(Enabled(_load(name, ep.value, ep.load), f"entry point {ep.value}"))
+        elif ":" in name or "." in name:
+            loaded.append(Enabled(_load(name, name, lambda n=name: _import(n)), "OPSGATE_PLUGINS"))
+        else:
+            known = ", ".join(available) or "none installed"
+            raise PluginError(name, f"no such plugin (installed: {known})")
+    _check_unique(loaded)
+    return loaded
+
+
+def _import(path: str) -> object:
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute or "plugin")
+
+
+def _load(name: str, value: str, load: object) -> Plugin:
+    try:
+        found = load()  # type: ignore[operator]
+    except Exception as exc:
+        raise PluginError(name, f"failed to import {value}: {type(exc).__name__}: {exc}") from exc
+    if callable(found) and not isinstance(found, Plugin):
+        try:
+            found = found()
+        except Exception as exc:
+            raise PluginError(name, f"{value}() failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(found, Plugin):
+        raise PluginError(
+            name, f"{value} is a {type(found).__name__}, not an opsgate.plugin.Plugin"
+        )
+    return found
+
+
+def _check_unique(loaded: Sequence[Enabled]) -> None:
+    seen: set[str] = set()
+    for item in loaded:
+        name = item.plugin.name
+        if not name or set(name) - _PLUGIN_NAME_CHARS or not name[0].isalpha():
+            raise PluginError(name, "its name must be lower case letters, digits, _ or -")
+        if name in RESERVED_NAMES:
+            raise PluginError(name, "that name is one of opsgate's own commands")
+        if name in seen:
+            raise PluginError(name, "two enabled plugins have this name")
+        seen.add(name)
+
+
+def build_registry(plugins: Iterable[Enabled]) -> Registry:
+    """opsgate's own administration actions, then every plugin's target kinds and actions."""
+    registry = Registry()
+    admin_actions.register(registry)
+    for item in plugins:
+        plugin = item.plugin
+        try:
+            for kind in plugin.target_kinds:
+                registry.add_target_kind(kind)
+            for spec in plugin.actions:
+                registry.add(spec)
+        except RegistryError as exc:
+            raise PluginError(plugin.name, str(exc)) from exc
+    return registry
+
+
+def default_file(plugins: Sequence[Enabled], attribute: str) -> Path | None:
+    """The file (`policy` or `integrations`) to use when its setting is unset: the one the
+    only plugin shipping one ships. Several plugins shipping one is an error: say which."""
+    shipped = [(e.plugin.name, getattr(e.plugin, attribute)) for e in plugins]
+    shipped = [(name, path) for name, path in shipped if path is not None]
+    if len(shipped) > 1:
+        names = ", ".join(name for name, _ in shipped)
+        raise PluginError(
+            names,
+            f"several plugins ship a default {attribute} file: set OPSGATE_{attribute.upper()}",
+        )
+    return shipped[0][1] if shipped else None
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a process runs with: its plugins, their registry, and the files chosen."""
+
+    plugins: tuple[Enabled, ...]
+    registry: Registry
+    policy: Path
+    integrations: Path | None
+
+
+def load_setup(
+    plugins_setting: str | None, policy: Path | None, integrations: Path | None
+) -> Setup:
+    """Discover the plugins, build the registry, and choose the policy and integrations files:
+    the settings when set, else the only shipping plugin's, else (policy) opsgate's own."""
+    enabled = tuple(discover(plugins_setting))
+    registry = build_registry(enabled)
+    chosen_policy = policy or default_file(enabled, "policy") or BUILT_IN_POLICY
+    chosen_integrations = integrations or default_file(enabled, "integrations")
+    return Setup(enabled, registry, chosen_policy, chosen_integrations)

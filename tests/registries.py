@@ -1,0 +1,13 @@
+"""Registries as a process builds them: opsgate's administration actions plus the demo plugin."""
+
+from __future__ import annotations
+
+from opsgate_demo.plugin import plugin
+
+from opsgate.core.actions.registry import Registry
+from opsgate.plugins import Enabled
+from opsgate.plugins import build_registry as _build
+
+
+def build_registry() -> Registry:
+    return _build([Enabled(plugin(), "tests")])
