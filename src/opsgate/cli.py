@@ -105,6 +105,11 @@ def _user_or_exit(session: Session, username: str, *, active: bool = False) -> U
     return user
 
 
+def table_console() -> Console:
+    """Tables for a terminal fit it; piped or captured, they are never cut short with '…'."""
+    return Console() if sys.stdout.isatty() else Console(width=240)
+
+
 def _setup() -> Setup:
     """The plugins, registry and files this process runs with; exit 2 naming the problem."""
     settings = get_settings()
@@ -478,7 +483,7 @@ def tokens_list(
                 state,
             )
     db.dispose()
-    Console().print(table)
+    table_console().print(table)
 
 
 @tokens_app.command("revoke")
@@ -587,7 +592,7 @@ def reconcile(
         for s in found:
             table.add_row(s.call_id, s.request_id, s.action, s.target, s.was, s.status, s.note)
         if found:
-            Console().print(table)
+            table_console().print(table)
     open_calls = [s for s in found if not s.settled]
     err.print(f"{len(found) - len(open_calls)} call(s) settled, {len(open_calls)} still unknown")
     if open_calls:
@@ -703,7 +708,7 @@ def trace_command(
             ids = "\n".join(f"{name} {value}" for name, value in event.ids.items())
             cells = (event.at.isoformat(timespec="milliseconds"), event.kind, event.what)
             table.add_row(*(Text(cell) for cell in (*cells, event.result, ids)))
-        Console().print(table)
+        table_console().print(table)
     if report.truncated:
         err.print(f"more than {trace_report.MAX_ROWS} records of one kind: the first shown")
 
@@ -978,7 +983,7 @@ def webhooks_list(
             row.next_attempt_at.isoformat(timespec="seconds") if row.status == "pending" else "",
             (row.last_error or "")[:80],
         )
-    Console().print(table)
+    table_console().print(table)
 
 
 @webhooks_app.command("retry")
@@ -1091,7 +1096,7 @@ def plugins_list(
             ", ".join(row["actions"]) or "-",
             str(row["source"]),
         )
-    Console().print(table)
+    table_console().print(table)
     if not rows:
         typer.echo("no plugin enabled: only opsgate's own administration actions")
     typer.echo(f"policy: {setup.policy}")

@@ -13,10 +13,9 @@ from datetime import timedelta
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from opsgate.cli import DEMO_PASSWORD, _audit_credential, _database, err
+from opsgate.cli import DEMO_PASSWORD, _audit_credential, _database, err, table_console
 from opsgate.core.clock import SystemClock
 from opsgate.core.identity import passwords
 from opsgate.core.identity import tokens as token_service
@@ -86,7 +85,7 @@ def demo_seed_command(
     table.add_column("roles")
     for entry in summary.users:
         table.add_row(entry["username"], entry["name"], ", ".join(entry["roles"]))
-    Console().print(table)
+    table_console().print(table)
     if demo_passwords:
         typer.echo(f"Console password of every demo user: {DEMO_PASSWORD}")
     if issued:

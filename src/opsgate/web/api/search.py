@@ -17,7 +17,6 @@ from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from opsgate_demo import search as records
 from starlette.concurrency import run_in_threadpool
 
 from opsgate.core.actions.policy import Capability, ControlMode
@@ -30,6 +29,7 @@ from opsgate.settings import Settings
 from opsgate.web.deps import OriginDep, ServicesDep, require
 from opsgate.web.security import secret_keys
 from opsgate.web.services import Services
+from opsgate_demo import search as records
 
 router = APIRouter(tags=["search"])
 

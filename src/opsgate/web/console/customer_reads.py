@@ -6,6 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from opsgate.core.actions.registry import Registry, TargetRef
+from opsgate.db.models import AuditRecord
 from opsgate_demo.models import (
     Account,
     Customer,
@@ -14,11 +19,6 @@ from opsgate_demo.models import (
     PaymentReversal,
 )
 from opsgate_demo.search import customer_accounts, latest_notes, latest_payments
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from opsgate.core.actions.registry import Registry, TargetRef
-from opsgate.db.models import AuditRecord
 
 PAYMENTS_SHOWN = 50
 NOTES_SHOWN = 50

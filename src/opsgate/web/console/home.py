@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from opsgate_demo import search as records
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -22,6 +21,7 @@ from opsgate.web.console.auth import ConsoleRoute, Viewer, ViewerDep, require
 from opsgate.web.console.rendering import render
 from opsgate.web.deps import OriginDep, ServicesDep
 from opsgate.web.services import Services
+from opsgate_demo import search as records
 
 router = APIRouter(route_class=ConsoleRoute)
 
