@@ -1,0 +1,112 @@
+"""`opsgate new plugin NAME`: the generated package's own tests pass as generated, on
+SQLite and (through opsgate.testing's OPSGATE_TESTING_POSTGRES_URL) on PostgreSQL; bad names
+and existing directories are refused with nothing written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from opsgate.cli import app
+from tests.conftest import _PG_UNAVAILABLE, PG_URL
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _new(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["new", "plugin", *args])
+    return result.exit_code, result.output
+
+
+def test_generated_plugin_imports_only_the_public_modules(tmp_path: Path) -> None:
+    code, output = _new("payouts", "--directory", str(tmp_path / "payouts"))
+    assert code == 0, output
+    package = tmp_path / "payouts"
+    assert {p.relative_to(package).as_posix() for p in package.rglob("*") if p.is_file()} == {
+        "pyproject.toml",
+        "README.md",
+        "src/payouts/__init__.py",
+        "src/payouts/plugin.py",
+        "src/payouts/policy.toml",
+        "src/payouts/py.typed",
+        "tests/conftest.py",
+        "tests/test_plugin.py",
+    }
+    pyproject = (package / "pyproject.toml").read_text()
+    assert (
+        '[project.entry-points."opsgate.plugins"]\npayouts = "payouts.plugin:plugin"' in pyproject
+    )
+    assert '"opsgate>=0.2,<0.3"' in pyproject
+    imported = {
+        line.split()[1]
+        for path in package.rglob("*.py")
+        for line in path.read_text().splitlines()
+        if line.startswith(("from opsgate", "import opsgate"))
+    }
+    assert imported == {"opsgate.plugin", "opsgate.testing"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_generated_plugin_tests_pass_as_generated(tmp_path: Path, backend: str) -> None:
+    if backend == "postgresql" and _PG_UNAVAILABLE:
+        pytest.skip(_PG_UNAVAILABLE)
+    code, output = _new("payouts", "--directory", str(tmp_path / "payouts"))
+    assert code == 0, output
+    package = tmp_path / "payouts"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSGATE_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(package / "src"), str(SRC)])
+    if backend == "postgresql":
+        env["OPSGATE_TESTING_POSTGRES_URL"] = PG_URL
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"],
+        cwd=package,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "4 passed" in run.stdout, run.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("Payouts", "not a usable plugin name"),
+        ("pay-outs", "not a usable plugin name"),
+        ("9lives", "not a usable plugin name"),
+        ("class", "Python keyword"),
+        ("audit", "one of opsgate's own names"),
+        ("opsgate_extra", "one of opsgate's own names"),
+        ("json", "clashes with a module"),
+        ("opsgate_demo", "one of opsgate's own names"),
+        ("pytest", "clashes with a module"),
+    ],
+)
+def test_bad_names_are_refused_and_nothing_is_written(tmp_path: Path, name: str, why: str) -> None:
+    code, output = _new(name, "--directory", str(tmp_path / "out"))
+    assert code == 2
+    assert why in output
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_existing_directory_is_never_overwritten(tmp_path: Path) -> None:
+    existing = tmp_path / "payouts"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    code, output = _new("payouts", "--directory", str(existing))
+    assert code == 2
+    assert "already exists" in output
+    assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+
+
+def test_the_default_directory_is_the_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, output = _new("payouts")
+    assert code == 0, output
+    assert (tmp_path / "payouts" / "src" / "payouts" / "plugin.py").is_file()
