@@ -51,6 +51,25 @@ def test_generated_plugin_imports_only_the_public_modules(tmp_path: Path) -> Non
     assert imported == {"opsgate.plugin", "opsgate.testing"}
 
 
+def test_generated_plugin_passes_ruff_and_strict_mypy(tmp_path: Path) -> None:
+    code, output = _new("payouts", "--directory", str(tmp_path / "payouts"))
+    assert code == 0, output
+    package = tmp_path / "payouts"
+    tools = Path(sys.executable).parent
+    ruff = [str(tools / "ruff"), "--isolated"]
+    select = ["--select", "E,F,W,I,B,UP,SIM,RUF,PT", "--line-length", "100"]
+    checks = [
+        [*ruff, "check", *select, "."],
+        [*ruff, "format", "--check", "--line-length", "100", "."],
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache"), "src",
+         "tests"],
+    ]  # fmt: skip
+    env = os.environ | {"MYPYPATH": str(SRC), "PYTHONPATH": os.pathsep.join([str(SRC), "src"])}
+    for command in checks:
+        run = subprocess.run(command, cwd=package, env=env, capture_output=True, text=True)
+        assert run.returncode == 0, f"{command}: {run.stdout}{run.stderr}"
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_generated_plugin_tests_pass_as_generated(tmp_path: Path, backend: str) -> None:
     if backend == "postgresql" and _PG_UNAVAILABLE:

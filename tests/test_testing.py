@@ -4,6 +4,8 @@ databases: `opsgate_database_url` is overridden with the demo-seeded `test_db`).
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from opsgate.testing import Gate
@@ -55,10 +57,12 @@ def test_a_correction_waits_for_a_second_person_and_is_audited(
 def test_refused_fails_on_another_code(gate: Gate, test_db: TestDatabase) -> None:
     alice = gate.user("alice", roles=["support_agent"])
     account = test_db.world.account(0)
-    with pytest.raises(AssertionError, match="'forbidden', not 'self_approval'"):  # noqa: PT012
-        with gate.refused("self_approval"):
-            gate.start(alice, "account.adjust_balance", f"account:{account}",
-                       {"amount_minor": 1, "memo": "not mine to do"})  # fmt: skip
+    payload = {"amount_minor": 1, "memo": "not mine to do"}
+    with (
+        pytest.raises(AssertionError, match="'forbidden', not 'self_approval'"),
+        gate.refused("self_approval"),
+    ):
+        gate.start(alice, "account.adjust_balance", f"account:{account}", payload)
 
 
 def test_refused_fails_when_nothing_is_refused(gate: Gate, test_db: TestDatabase) -> None:
@@ -66,3 +70,15 @@ def test_refused_fails_when_nothing_is_refused(gate: Gate, test_db: TestDatabase
     account = test_db.world.account(0)
     with pytest.raises(pytest.fail.Exception, match="DID NOT RAISE"), gate.refused("forbidden"):
         gate.start(alice, "account.block", f"account:{account}", {"reason_code": "fraud_suspected"})
+
+
+def test_the_gate_clock_expires_an_approval(gate: Gate, test_db: TestDatabase) -> None:
+    rita = gate.user("rita", roles=["risk_reviewer"])
+    olga = gate.user("olga", roles=["ops_lead"])
+    target = f"account:{test_db.world.account(0)}"
+    payload = {"amount_minor": 700, "memo": "late fee waived"}
+    pending = gate.start(rita, "account.adjust_balance", target, payload)
+    gate.clock.advance(timedelta(hours=25))
+    with gate.refused("approval_expired"):
+        gate.approve(pending.body()["approval_id"], olga)
+    assert gate.approval(pending.body()["approval_id"]).status == "expired"
