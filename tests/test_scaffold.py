@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,37 @@ def test_the_default_directory_is_the_name(tmp_path: Path, monkeypatch: pytest.M
     code, output = _new("payouts")
     assert code == 0, output
     assert (tmp_path / "payouts" / "src" / "payouts" / "plugin.py").is_file()
+
+
+@pytest.mark.parametrize("conftest_line", [True, False])
+def test_installed_opsgate_registers_the_kit_once(tmp_path: Path, conftest_line: bool) -> None:
+    """With opsgate's `pytest11` entry point (as pyproject.toml declares it) installed, the
+    kit is there without `pytest_plugins`, and naming it too is not a second registration."""
+    code, output = _new("payouts", "--directory", str(tmp_path / "payouts"))
+    assert code == 0, output
+    package = tmp_path / "payouts"
+    declared = tomllib.loads((SRC.parent / "pyproject.toml").read_text())
+    [(name, value)] = declared["project"]["entry-points"]["pytest11"].items()
+    site = tmp_path / "site" / "opsgate_entry_points-0.dist-info"
+    site.mkdir(parents=True)
+    (site / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: opsgate-entry-points\nVersion: 0\n"
+    )
+    (site / "entry_points.txt").write_text(f"[pytest11]\n{name} = {value}\n")
+    conftest = package / "tests" / "conftest.py"
+    if not conftest_line:
+        text = conftest.read_text().replace('pytest_plugins = ["opsgate.testing"]\n', "")
+        assert "pytest_plugins" not in text
+        conftest.write_text(text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSGATE_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), str(package / "src"), str(SRC)])
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "invalid"],
+        cwd=package,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 passed" in run.stdout, run.stdout
