@@ -103,9 +103,9 @@ def test_generated_plugin_tests_pass_as_generated(tmp_path: Path, backend: str) 
         ("class", "Python keyword"),
         ("audit", "one of opsgate's own names"),
         ("opsgate_extra", "one of opsgate's own names"),
-        ("json", "clashes with a module"),
+        ("json", "standard library"),
         ("opsgate_demo", "one of opsgate's own names"),
-        ("pytest", "clashes with a module"),
+        ("pytest", "clashes with a module Python already finds"),
     ],
 )
 def test_bad_names_are_refused_and_nothing_is_written(tmp_path: Path, name: str, why: str) -> None:

@@ -56,10 +56,13 @@ def check_name(name: str) -> None:
         raise ScaffoldError(f"{name!r} is a Python keyword; choose another name")
     if name in RESERVED_NAMES or name.startswith("opsgate"):
         raise ScaffoldError(f"{name!r} is one of opsgate's own names; choose another name")
-    if name in sys.stdlib_module_names or importlib.util.find_spec(name) is not None:
+    if name in sys.stdlib_module_names:
+        raise ScaffoldError(f"{name!r} clashes with a module of Python's standard library")
+    found = importlib.util.find_spec(name)
+    if found is not None:
+        where = found.origin or ", ".join(found.submodule_search_locations or ()) or "?"
         raise ScaffoldError(
-            f"{name!r} clashes with a module Python already finds (the standard library or "
-            "an installed package); choose another name"
+            f"{name!r} clashes with a module Python already finds ({where}); choose another name"
         )
 
 
