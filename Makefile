@@ -65,10 +65,11 @@ else
 endif
 
 .PHONY: lint
-lint: $(STAMP) ## ruff (lint and format check) and mypy
+lint: $(STAMP) ## ruff (lint and format check), mypy and the import contracts (lint-imports)
 	$(BIN)/ruff check src demo/src tests bench
 	$(BIN)/ruff format --check src demo/src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 .PHONY: fmt
 fmt: $(STAMP) ## Format and auto-fix

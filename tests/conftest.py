@@ -44,6 +44,9 @@ from opsgate.settings import Settings
 from opsgate.web.app import create_app
 from opsgate.web.services import Services
 
+# The kit a team uses (installed opsgate registers it itself, under this same name).
+pytest_plugins = ["opsgate.testing"]
+
 PG_URL = os.environ.get("OPSGATE_TEST_POSTGRES_URL", "")
 REQUIRE_PG = os.environ.get("OPSGATE_REQUIRE_POSTGRES") == "1"
 RUN_ID = secrets.token_hex(3)

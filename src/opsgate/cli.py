@@ -41,6 +41,7 @@ from opsgate.db import migrate
 from opsgate.db.engine import Database
 from opsgate.db.models import User
 from opsgate.plugins import PluginError, Setup, load_setup
+from opsgate.scaffold import plugin_package
 from opsgate.settings import get_settings
 
 app = typer.Typer(
@@ -70,6 +71,8 @@ app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(audit_app, name="audit")
 plugins_app = typer.Typer(help="Plugins: what each contributes.", no_args_is_help=True)
 app.add_typer(plugins_app, name="plugins")
+new_app = typer.Typer(help="Start something new from a template.", no_args_is_help=True)
+app.add_typer(new_app, name="new")
 
 err = Console(stderr=True)
 # Set only by `opsgate demo seed --demo-passwords` (make run); never by default.
@@ -1100,6 +1103,25 @@ def plugins_list(
     if not rows:
         typer.echo("no plugin enabled: only opsgate's own administration actions")
     typer.echo(f"policy: {setup.policy}")
+
+
+@new_app.command("plugin")
+def new_plugin(
+    name: Annotated[str, typer.Argument(help="The package, plugin and target kind name.")],
+    directory: Annotated[
+        Path | None, typer.Option(help="Where to write it (must not exist). Default: ./NAME.")
+    ] = None,
+) -> None:
+    """A plugin package: one action, its policy, a test with opsgate.testing, a README."""
+    try:
+        generated = plugin_package.generate(name, directory)
+    except plugin_package.ScaffoldError as exc:
+        err.print(f"refused: {exc}", style="red", markup=False)
+        raise typer.Exit(2) from exc
+    typer.echo(f"wrote plugin {name!r} into {generated.directory}:")
+    for path in generated.files:
+        typer.echo(f"  {path.relative_to(generated.directory)}")
+    typer.echo(f"next: cd {generated.directory} && pip install -e '.[test]' && pytest")
 
 
 def _mount_plugin_commands() -> None:

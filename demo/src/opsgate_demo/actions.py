@@ -7,16 +7,16 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from opsgate.core.actions.registry import (
+from opsgate.plugin import (
     ActionContext,
     ActionSpec,
     Change,
+    DomainError,
     Outcome,
     Payload,
     RiskClass,
+    new_id,
 )
-from opsgate.core.errors import DomainError
-from opsgate.core.ids import new_id
 from opsgate_demo import kyc
 from opsgate_demo.models import Account, AccountStatus, Customer, CustomerStatus, Note
 from opsgate_demo.targets import account_state, customer_state

@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from opsgate.core.ids import new_id
+from opsgate.plugin import new_id
 from opsgate_demo.models import Account, LedgerEntry, LedgerTransaction
 
 

@@ -13,16 +13,16 @@ from typing import Annotated, Literal
 from pydantic import Field
 from sqlalchemy import select
 
-from opsgate.core.actions.registry import (
+from opsgate.plugin import (
     ActionContext,
     ActionSpec,
     Change,
+    DomainError,
     Outcome,
     Payload,
     RiskClass,
+    new_id,
 )
-from opsgate.core.errors import DomainError
-from opsgate.core.ids import new_id
 from opsgate_demo import ledger
 from opsgate_demo.models import (
     Account,

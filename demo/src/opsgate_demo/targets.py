@@ -8,7 +8,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from opsgate.core.actions.registry import TargetKind
+from opsgate.plugin import TargetKind
 from opsgate_demo.models import Account, AccountKind, Customer, Payment
 
 

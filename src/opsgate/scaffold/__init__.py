@@ -1,0 +1,1 @@
+"""`opsgate new plugin NAME`: a new plugin package, generated from the templates here."""
