@@ -162,7 +162,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     # metadata, resolved by pip from its configured index.
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     installing = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--quiet", str(wheel)],
+        [str(venv / "bin" / "pip"), "install", "--quiet", "--no-compile", str(wheel)],
         env=_clean_env(),
         capture_output=True,
         text=True,
