@@ -434,3 +434,16 @@ def test_approvals_recover_executes_a_stranded_approval_once(cli_db: TestDatabas
         ).all()
         assert [r.result for r in executions] == ["succeeded"]
     db.dispose()
+
+
+def test_version_prints_the_distributions_version() -> None:
+    import tomllib
+
+    import opsgate
+
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    declared = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"]
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"opsgate {declared}"
+    assert opsgate.__version__ == declared  # the two places a release must bump agree

@@ -9,6 +9,7 @@ import re
 import socket
 import sys
 from datetime import datetime, timedelta
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -21,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+import opsgate
 from opsgate.core.actions.policy import PolicyError, load_policy
 from opsgate.core.actions.registry import Registry
 from opsgate.core.audit import anchoring, trace_report
@@ -42,7 +44,7 @@ from opsgate.db.engine import Database
 from opsgate.db.models import User
 from opsgate.plugins import PluginError, Setup, load_setup
 from opsgate.scaffold import plugin_package
-from opsgate.settings import get_settings
+from opsgate.settings import ProductionRefused, get_settings, refuse_unsafe_production
 
 app = typer.Typer(
     help="opsgate: the internal control layer for fintech operations.",
@@ -75,6 +77,33 @@ new_app = typer.Typer(help="Start something new from a template.", no_args_is_he
 app.add_typer(new_app, name="new")
 
 err = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        try:
+            installed = version("opsgate")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            installed = opsgate.__version__
+        print(f"opsgate {installed}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the installed opsgate version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """opsgate: the internal control layer for fintech operations."""
+
+
 # Set only by `opsgate demo seed --demo-passwords` (make run); never by default.
 DEMO_PASSWORD = "opsgate-demo-password"  # noqa: S105
 _DURATION = re.compile(r"^(\d+)([mhd])$")
@@ -134,6 +163,15 @@ def _database() -> Database:
 def _refuse(exc: audit_chain.RecordBeyondHead) -> NoReturn:
     err.print(f"refused: {exc}", style="red", markup=False)
     raise typer.Exit(2)
+
+
+def _refuse_unsafe_production() -> None:
+    """Exit 2 naming each missing setting when production mode lacks one (settings.py)."""
+    try:
+        refuse_unsafe_production(get_settings())
+    except ProductionRefused as exc:
+        err.print(f"refused: {exc}", style="red", markup=False)
+        raise typer.Exit(2) from exc
 
 
 def _refuse_if_beyond_head() -> None:
@@ -201,6 +239,7 @@ def serve(
     ).strip()
     if not re.fullmatch(r"[0-9A-Fa-f.:/*, ]*", trusted):
         raise typer.BadParameter("addresses or networks, comma-separated, or '*'")
+    _refuse_unsafe_production()
     try:
         setup = _setup()
         load_policy(setup.policy, setup.registry)

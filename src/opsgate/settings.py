@@ -17,6 +17,9 @@ class Settings(BaseSettings):
 
     # The app's database. On PostgreSQL: a role that owns nothing (docs/operations.md).
     database_url: str = Field(default="sqlite:///./opsgate.db")
+    # `production` refuses to start on the per-host fallbacks meant for a laptop: a generated
+    # secret key or anchor key, test-only switches (production_refusals below).
+    environment: Literal["development", "production"] = "development"
     # The owner's URL, for `opsgate db upgrade` only: it owns the tables, migrates them and
     # grants the app's role row rights. Unset: migrations connect with `database_url`.
     migration_database_url: str | None = None
@@ -172,6 +175,49 @@ class Settings(BaseSettings):
                 "OPSGATE_OIDC_CLIENT_SECRET must be set too"
             )
         return self
+
+
+class ProductionRefused(Exception):
+    """OPSGATE_ENVIRONMENT=production and a setting it needs is missing (the message says
+    which)."""
+
+
+def production_refusals(settings: Settings) -> list[str]:
+    """Why this process must not start in production; empty outside production.
+
+    Each item is a per-host or test-only fallback. A generated secret key differs per host, so
+    behind a load balancer a session cookie or CSRF token signed by one host is refused by the
+    next. A generated anchor key is one nobody trusts elsewhere (`audit verify` on another host
+    cannot check its signatures). SQLite is not refused: one host may legitimately run on it."""
+    if settings.environment != "production":
+        return []
+    refusals = []
+    if settings.secret_key is None:
+        refusals.append(
+            "OPSGATE_ENVIRONMENT=production needs OPSGATE_SECRET_KEY (at least 32 characters, "
+            "the same on every host): without it each host would generate its own key file "
+            f"({settings.secret_key_file}), and console sessions and CSRF tokens would break "
+            "across hosts"
+        )
+    anchoring_on = settings.audit_anchor_interval_seconds or settings.audit_anchor_every_records
+    if anchoring_on and not settings.audit_anchor_key_file.exists():
+        refusals.append(
+            "OPSGATE_ENVIRONMENT=production needs the anchor signing key at "
+            f"OPSGATE_AUDIT_ANCHOR_KEY_FILE ({settings.audit_anchor_key_file}), provisioned "
+            "(openssl genpkey -algorithm ed25519), not generated on this host"
+        )
+    if settings.bench_endpoints:
+        refusals.append("OPSGATE_BENCH_ENDPOINTS is for `make bench` only, never production")
+    if settings.fault_injection is not None:
+        refusals.append("OPSGATE_FAULT_INJECTION is for the tests only, never production")
+    return refusals
+
+
+def refuse_unsafe_production(settings: Settings) -> None:
+    """Raise ProductionRefused naming every missing setting (nothing outside production)."""
+    refusals = production_refusals(settings)
+    if refusals:
+        raise ProductionRefused("; ".join(refusals))
 
 
 @cache

@@ -14,7 +14,7 @@ from opsgate.core.integrations.reconcile import ReconcileLoop
 from opsgate.core.integrations.webhooks import start_delivery
 from opsgate.core.metrics import mark_process_dead
 from opsgate.logging import configure_logging
-from opsgate.settings import Settings, get_settings
+from opsgate.settings import Settings, get_settings, refuse_unsafe_production
 from opsgate.web import console, docs, problems
 from opsgate.web.api import actions, approvals, audit, controls, health, metrics, search, step_up
 from opsgate.web.bounded_input import BoundedInputMiddleware
@@ -31,8 +31,10 @@ def create_app(
     *,
     configure_logs: bool = True,
 ) -> FastAPI:
-    """Build the app. Fails at once (PolicyError) when the policy does not validate."""
+    """Build the app. Fails at once (PolicyError) when the policy does not validate, and
+    (ProductionRefused) in production without the settings it needs."""
     settings = settings or get_settings()
+    refuse_unsafe_production(settings)
     if configure_logs:
         configure_logging(settings.log_level, settings.log_format)
     services = services or Services.build(settings)

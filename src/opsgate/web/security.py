@@ -32,7 +32,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from opsgate.settings import Settings
+from opsgate.settings import Settings, refuse_unsafe_production
 
 log = structlog.get_logger("opsgate.security")
 
@@ -95,6 +95,8 @@ def _generated_key(path: Path) -> str:
 def secret_keys(settings: Settings) -> list[str]:
     """The signing keys, oldest first (itsdangerous signs with the last, accepts any)."""
     if settings.secret_key is None:
+        # In production a per-host key is refused, not generated (settings.py).
+        refuse_unsafe_production(settings)
         return [_generated_key(settings.secret_key_file)]
     keys = [settings.secret_key.get_secret_value()]
     if settings.secret_key_previous is not None:

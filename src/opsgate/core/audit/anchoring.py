@@ -66,6 +66,8 @@ class Anchoring:
     trusted_text: str = ""
     interval: timedelta | None = None
     every_records: int = 0
+    # In production the key is provisioned, never generated on first use (settings.py).
+    create_key: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Anchoring:
@@ -76,11 +78,13 @@ class Anchoring:
             settings.audit_anchor_trusted_keys,
             timedelta(seconds=seconds) if seconds else None,
             settings.audit_anchor_every_records,
+            create_key=settings.environment != "production",
         )
 
     def signing_key(self) -> AnchorKey:
-        """The signing key, created on first use (raise AnchorError when unreadable)."""
-        return AnchorKey.load(self.key_file, create=True)
+        """The signing key, created on first use outside production (raise AnchorError when
+        it is missing there, or unreadable)."""
+        return AnchorKey.load(self.key_file, create=self.create_key)
 
     def trusted_keys(self) -> dict[str, Ed25519PublicKey]:
         """The configured public keys, and this host's signing key if it has one."""
