@@ -2,7 +2,8 @@
 
     actor ─► action (registry) ─► may start? (policy) ─► Idempotency-Key present if needed?
       ─► valid envelope and payload? ─► claim the key (or replay its stored answer)
-      ─► target exists? (row-locked) ─► usage limits ─► approval gate (off/monitor/enforce)
+      ─► target exists? (row-locked; a remote kind's record is read from its service first,
+           outside any transaction) ─► usage limits ─► approval gate (off/monitor/enforce)
            ├─ gate applies: store an approval request, audit it, answer pending
            └─ otherwise: handler + audit record (+ stored answer) in ONE transaction
 
@@ -52,11 +53,12 @@ from opsgate.core.errors import (
     OpsgateError,
     TargetBusy,
     TargetNotFound,
+    TargetUnavailable,
     UnknownAction,
     error_body,
 )
 from opsgate.core.identity.actors import Actor, Origin
-from opsgate.core.integrations import outbox, remote
+from opsgate.core.integrations import outbox, remote, remote_targets
 from opsgate.core.integrations.backends import BackendClient, BackendRequest, derive_key
 from opsgate.core.integrations.config import NO_INTEGRATIONS, Backend, Integrations
 from opsgate.db.engine import Database, is_timeout
@@ -415,10 +417,29 @@ class Gateway:
             parameters=redact(params, sensitive_fields(spec.payload_model)),
             reason=envelope.reason,
         )
+        fetched = None
+        if kind.remote is not None:
+            # Read from its service before the transaction opens: no database lock is held
+            # across the network. The service refuses a changed record by `target_version`.
+            try:
+                fetched = remote_targets.fetch(
+                    self.backends,
+                    self.integrations,
+                    kind,
+                    target.id,
+                    request_id=origin.request_id,
+                    trace_id=origin.trace_id,
+                )
+            except TargetUnavailable as exc:
+                self.refuse(exc, replace(base, result=AuditResult.FAILED), actor, origin)
         with self.db.writing() as session:
             now = self.clock.now()
             # Reads need no lock; anything that changes the target locks it until commit.
-            obj = kind.load(session, target.id, spec.risk != RiskClass.READ)
+            obj = (
+                fetched
+                if kind.remote is not None
+                else kind.load(session, target.id, spec.risk != RiskClass.READ)
+            )
             if obj is None:
                 session.rollback()
                 self.refuse(
@@ -499,9 +520,10 @@ class Gateway:
                 )
             backend = self.integrations.backend_for(spec.name)
             if backend is not None:
+                version = kind.snapshot(obj)["version"] if kind.remote is not None else None
                 return self._execute_remote(
                     session, backend, spec, envelope, target, params, base, companions, actor,
-                    origin, claim, now, use,
+                    origin, claim, now, use, version,
                 )  # fmt: skip
             try:
                 execution = self.run_handler(ctx, spec, obj, payload)
@@ -569,6 +591,7 @@ class Gateway:
         claim: KeyClaim | None,
         now: datetime,
         use: aggregates.Use,
+        target_version: int | None = None,
     ) -> ActionResult:
         """Run an accepted request in its backend (core/integrations/remote.py): record the call
         and the
@@ -592,6 +615,7 @@ class Gateway:
                 request_id=origin.request_id,
             ),
             trace_id=origin.trace_id,
+            target_version=target_version,
         )
         call_id = remote.begin(session, backend, request, sensitive_fields(spec.payload_model), now)
         for companion in companions:
