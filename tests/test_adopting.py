@@ -172,6 +172,7 @@ def test_request_approve_execute_in_the_service_and_audit_its_change(
 
     detail = client.get(f"/api/v1/approvals/{approval_id}", headers=world.auth("rita")).json()
     assert detail["target_snapshot"]["version"] == 1
+    assert (detail["target_current"]["version"], detail["target_changed"]) == (1, False)
     assert detail["proposed_change"] == {
         "before": {},
         "after": {"resolution": "fixed", "note": "refund issued"},
@@ -204,6 +205,10 @@ def test_a_change_in_the_service_before_approval_makes_the_request_stale(
     asked = request_close(client, world, "tkt_2")
     assert asked.status_code == 202, asked.text
     service.change("tkt_2", subject="Card declined twice")
+    detail = client.get(
+        f"/api/v1/approvals/{asked.json()['approval_id']}", headers=world.auth("rita")
+    ).json()
+    assert (detail["target_current"]["version"], detail["target_changed"]) == (2, True)
     approved = client.post(
         f"/api/v1/approvals/{asked.json()['approval_id']}/approve",
         json={},
