@@ -10,6 +10,7 @@ ticket changes in the service before approval. Then the attacks on the remote re
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from opsgate.core.clock import FrozenClock
 from opsgate.db.models import AuditRecord
@@ -304,3 +305,64 @@ def test_a_service_down_or_slow_is_target_unavailable_and_nothing_is_done(
     assert down.json()["code"] == "target_unavailable"
     assert audit(services, down.json()["request_id"])[-1].error_code == "target_unavailable"
     assert service.tickets["tkt_3"]["status"] == "open"
+
+
+def test_a_change_between_the_read_and_the_call_is_refused_by_the_service(
+    adopted: tuple[TestClient, Services], world: World, service: TicketService
+) -> None:
+    client, services = adopted
+    asked = request_close(client, world, "tkt_1")
+    assert asked.status_code == 202
+    service.mode = "race"
+    approved = client.post(
+        f"/api/v1/approvals/{asked.json()['approval_id']}/approve",
+        json={},
+        headers=world.auth("rita"),
+    )
+    assert approved.status_code == 409, approved.text
+    assert approved.json()["code"] == "backend_rejected"
+    assert service.seen[-1]["body"]["target_version"] == 1
+    assert service.tickets["tkt_1"]["status"] == "open"
+    failed = audit(services, asked.json()["request_id"])[-1]
+    assert (failed.result, failed.error_code) == ("failed", "backend_rejected:version_conflict")
+
+
+def test_no_write_transaction_is_open_while_the_service_is_read(
+    adopted: tuple[TestClient, Services],
+    world: World,
+    service: TicketService,
+    test_db: TestDatabase,
+) -> None:
+    client, services = adopted
+    free: list[bool] = []
+    service.on_read = lambda: free.append(no_writer_holds(test_db, services))
+    asked = request_close(client, world, "tkt_1")
+    assert asked.status_code == 202
+    approved = client.post(
+        f"/api/v1/approvals/{asked.json()['approval_id']}/approve",
+        json={},
+        headers=world.auth("rita"),
+    )
+    assert approved.status_code == 200, approved.text
+    assert len(free) >= 2 and all(free), free
+
+
+def no_writer_holds(test_db: TestDatabase, services: Services) -> bool:
+    """SQLite: the writer lock can be taken at once. PostgreSQL: no other session of this
+    database sits idle inside a transaction (as one waiting on HTTP would)."""
+    if test_db.backend == "sqlite":
+        conn = sqlite3.connect(test_db.url.removeprefix("sqlite:///"), timeout=0.2)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.rollback()
+            return True
+        except sqlite3.OperationalError:
+            return False
+        finally:
+            conn.close()
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"
+    )
+    with services.db.reading() as session:
+        return session.scalar(waiting) == 0

@@ -11,7 +11,7 @@ import json
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +34,8 @@ class TicketService:
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
     server: ThreadingHTTPServer | None = None
+    # Called while a target read is being answered (what opsgate holds meanwhile).
+    on_read: Callable[[], None] | None = None
 
     def stop(self) -> None:
         """The service goes down: nothing listens on its port any more."""
@@ -78,12 +80,17 @@ def _handler(service: TicketService) -> type[BaseHTTPRequestHandler]:
         def _answer(self, body: bytes) -> tuple[int, dict[str, Any]]:
             url = urllib.parse.urlsplit(self.path)
             parts = url.path.strip("/").split("/")
+            if parts[:2] == ["v1", "targets"] and service.on_read is not None:
+                service.on_read()
             with service.lock:
                 if parts[:3] == ["v1", "targets", "ticket"] and len(parts) == 4:
                     record = service.tickets.get(urllib.parse.unquote(parts[3]))
                     if record is None:
                         return 404, {"code": "not_found", "detail": "no such ticket"}
-                    return 200, {"state": dict(record)}
+                    state = dict(record)
+                    if service.mode == "race":  # someone changes it right after this read
+                        record["version"] += 1
+                    return 200, {"state": state}
                 if parts == ["v1", "search", "ticket"]:
                     query = urllib.parse.parse_qs(url.query)
                     term = query.get("q", [""])[0].lower()
