@@ -61,6 +61,7 @@ from opsgate.core.identity.actors import Actor, Origin
 from opsgate.core.integrations import outbox, remote, remote_targets
 from opsgate.core.integrations.backends import BackendClient, BackendRequest, derive_key
 from opsgate.core.integrations.config import NO_INTEGRATIONS, Backend, Integrations
+from opsgate.core.request_ids import new_request_id
 from opsgate.db.engine import Database, is_timeout
 from opsgate.db.models import AuditRecord
 
@@ -704,6 +705,30 @@ class Gateway:
                 claim.store(session, error.status, error_body(error, origin.request_id))
 
         self.refuse(error, failed_entry(base, exc), actor, origin, also=companions, then=store)
+
+    def target_state(self, target: str, *, request_id: str | None = None) -> dict[str, Any] | None:
+        """The target's state as a request would be judged on now (`snapshot`), read outside
+        any write transaction: a local kind from the database, a remote kind from its service.
+        None when `target` is no `kind:id`, names no record, or its service cannot say."""
+        try:
+            ref = TargetRef.parse(target)
+        except ValueError:
+            return None
+        kind = self.registry.target_kind(ref.kind)
+        if kind is None:
+            return None
+        if kind.remote is None:
+            with self.db.reading() as session:
+                obj = kind.load(session, ref.id, False)
+                return kind.snapshot(obj) if obj is not None else None
+        try:
+            found = remote_targets.fetch(
+                self.backends, self.integrations, kind, ref.id,
+                request_id=request_id or new_request_id(),
+            )  # fmt: skip
+        except TargetUnavailable:
+            return None
+        return kind.snapshot(found) if found is not None else None
 
     # --- building blocks shared with controlled execution (core/approvals/gate.py) -------------
 

@@ -12,16 +12,12 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from opsgate.core.actions.policy import Capability
-from opsgate.core.actions.registry import TargetKind, TargetRef
 from opsgate.core.approvals import metrics as approval_metrics
 from opsgate.core.approvals.gate import Decision, DecisionResult
 from opsgate.core.approvals.states import ApprovalStatus
 from opsgate.core.audit.redaction import redact, sensitive_fields
 from opsgate.core.clock import as_utc
-from opsgate.core.errors import TargetUnavailable
 from opsgate.core.identity.actors import Actor
-from opsgate.core.integrations import remote_targets
-from opsgate.core.request_ids import new_request_id
 from opsgate.db.models import ApprovalRequest, AuditRecord
 from opsgate.web.api.filters import FilterDate
 from opsgate.web.deps import CurrentActor, OriginDep, ServicesDep
@@ -60,29 +56,12 @@ def summary(approval: ApprovalRequest, services: Services, now: datetime) -> dic
     }
 
 
-def _remote_state(services: Services, kind: TargetKind, target_id: str) -> dict[str, Any] | None:
-    """A remote target's current state, read from its service outside any transaction; None
-    when it has none or cannot say (the reviewer then sees `target_changed`)."""
-    try:
-        found = remote_targets.fetch(
-            services.gateway.backends, services.integrations, kind, target_id,
-            request_id=new_request_id(),
-        )  # fmt: skip
-    except TargetUnavailable:
-        return None
-    return dict(found.state) if found is not None else None
-
-
 def detail(approval: ApprovalRequest, actor: Actor, services: Services) -> dict[str, Any]:
     now = services.clock.now()
     spec = services.registry.get(approval.action)
-    target = TargetRef.parse(approval.target)
-    kind = services.registry.target_kind(target.kind)
-    current = _remote_state(services, kind, target.id) if kind and kind.remote else None
+    # Outside any transaction: a remote kind's record is read from its service.
+    current = services.gateway.target_state(approval.target)
     with services.db.reading() as session:
-        if kind is not None and kind.remote is None:
-            obj = kind.load(session, target.id, False)
-            current = kind.snapshot(obj) if obj is not None else None
         history = list(
             session.scalars(
                 select(AuditRecord)
