@@ -199,3 +199,17 @@ def test_policy_check_validates_the_declarations_with_the_policy(files: Path) ->
     bad_file = runner.invoke(app, ["policy", "check"])
     assert bad_file.exit_code == 2
     assert "declarations.target_kinds.ticket.pii: 'x'" in " ".join(bad_file.output.split())
+
+
+def test_a_remote_kind_whose_backend_is_not_configured_stops_start_up(files: Path) -> None:
+    from dataclasses import replace
+
+    from opsgate.core.actions.registry import Registry
+
+    setup = load_setup("none", None, None, files / "declarations.toml")
+    registry = Registry()
+    for kind in setup.registry.target_kinds():
+        registry.add_target_kind(replace(kind, remote="elsewhere") if kind.remote else kind)
+    with pytest.raises(IntegrationsError) as caught:
+        replace(setup, registry=registry).load_integrations()
+    assert "target_kinds.ticket: its records are read from backend 'elsewhere'" in str(caught.value)

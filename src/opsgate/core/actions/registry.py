@@ -188,6 +188,9 @@ class Registry:
     def target_kind(self, name: str) -> TargetKind | None:
         return self._kinds.get(name)
 
+    def target_kinds(self) -> list[TargetKind]:
+        return [self._kinds[name] for name in sorted(self._kinds)]
+
     def names(self) -> list[str]:
         return sorted(self._actions)
 

@@ -275,8 +275,8 @@ def load_integrations(
     declared: Sequence[Backend] = (),
 ) -> Integrations:
     """Read and validate the integrations file (None: no file), joined with the backends
-    that declarations bring (core/actions/declarations.py); raise IntegrationsError when a
-    name or an action's binding is claimed twice."""
+    that declarations bring (opsgate/declarations.py); raise IntegrationsError when a name
+    or an action's binding is claimed twice, or a remote target kind's backend is missing."""
     if path is None:
         found = NO_INTEGRATIONS
     else:
@@ -285,7 +285,16 @@ def load_integrations(
         except OSError as exc:
             raise IntegrationsError(str(path), [f"cannot read: {exc.strerror}"]) from exc
         found = parse_integrations(text, registry, source=str(path), env=env)
-    return with_declared(found, declared, str(path) if path else "<declarations>")
+    joined = with_declared(found, declared, str(path) if path else "<declarations>")
+    unread = [
+        f"target_kinds.{kind.name}: its records are read from backend {kind.remote!r}, "
+        "which is not configured"
+        for kind in registry.target_kinds()
+        if kind.remote is not None and kind.remote not in joined.backends
+    ]
+    if unread:
+        raise IntegrationsError(str(path) if path else "<integrations>", unread)
+    return joined
 
 
 def with_declared(
