@@ -141,9 +141,16 @@ def test_every_mistake_is_named_with_its_place(case: str) -> None:
     assert any(p.startswith(place) for p in caught.value.problems), caught.value.problems
 
 
-def test_an_unset_secret_is_named() -> None:
-    with pytest.raises(DeclarationsError) as caught:
-        parse_declarations(VALID, env={})
+def test_an_unset_secret_is_named_when_the_integrations_are_loaded(
+    files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    setup = load_setup("none", None, None, files / "declarations.toml")
+    assert setup.load_integrations().backend_for("ticket.close") is not None
+    monkeypatch.delenv("TICKETS_SECRET")
+    unset = load_setup("none", None, None, files / "declarations.toml")
+    assert unset.registry.get("ticket.close") is not None  # the file itself is valid
+    with pytest.raises(IntegrationsError) as caught:
+        unset.load_integrations()
     assert caught.value.problems == [
         "declarations.backends.tickets.secret_env: environment variable TICKETS_SECRET must "
         "hold a secret of at least 32 characters (it is unset)"

@@ -122,6 +122,9 @@ class Declarations:
     actions: tuple[ActionSpec, ...] = ()
     search: tuple[SearchProvider, ...] = ()
     views: tuple[RecordView, ...] = ()
+    # Secrets the environment does not hold (their places): refused when the integrations
+    # are loaded (serve, the CLI commands that call services), not by `policy check`.
+    missing_secrets: tuple[str, ...] = ()
 
 
 def _place(*parts: str) -> str:
@@ -168,15 +171,22 @@ def parse_declarations(
         ]
         raise DeclarationsError(source, found) from exc
     problems: list[str] = []
+    missing: list[str] = []
     reads = client or BackendClient()
     bound: dict[str, set[str]] = {name: set() for name in document.backends}
     actions = _actions(document, bound, problems)
-    backends = _backends(document, bound, environment, problems)
+    backends = _backends(document, bound, environment, problems, missing)
     kinds, search, views = _kinds(document, backends, reads, problems)
     if problems:
         raise DeclarationsError(source, problems)
     return Declarations(
-        source, tuple(backends.values()), tuple(kinds), tuple(actions), tuple(search), tuple(views)
+        source,
+        tuple(backends.values()),
+        tuple(kinds),
+        tuple(actions),
+        tuple(search),
+        tuple(views),
+        tuple(missing),
     )
 
 
@@ -185,13 +195,16 @@ def _backends(
     bound: Mapping[str, set[str]],
     env: Mapping[str, str],
     problems: list[str],
+    missing: list[str],
 ) -> dict[str, Backend]:
+    """The declared services. An unset or short secret goes to `missing`: the file is still
+    valid (`opsgate policy check` in CI has no secrets), the process that calls is not."""
     backends = {}
     for name, doc in sorted(document.backends.items()):
         if not _NAME.fullmatch(name):
             problems.append(f"{_place('backends', name)}: a backend name must be lower snake case")
         secret = secret_from_env(
-            env, doc.secret_env, _place("backends", name, "secret_env"), problems
+            env, doc.secret_env, _place("backends", name, "secret_env"), missing
         )
         backends[name] = Backend(
             name=name,
@@ -313,4 +326,5 @@ def merged(found: Sequence[Declarations]) -> Declarations:
         tuple(a for d in found for a in d.actions),
         tuple(s for d in found for s in d.search),
         tuple(v for d in found for v in d.views),
+        tuple(m for d in found for m in d.missing_secrets),
     )

@@ -17,7 +17,12 @@ from pathlib import Path
 
 from opsgate.core.actions import admin_actions
 from opsgate.core.actions.registry import Registry, RegistryError
-from opsgate.core.integrations.config import Backend, Integrations, load_integrations
+from opsgate.core.integrations.config import (
+    Backend,
+    Integrations,
+    IntegrationsError,
+    load_integrations,
+)
 from opsgate.declarations import Declarations, DeclarationsError, load_declarations
 from opsgate.plugin import Plugin
 
@@ -152,21 +157,26 @@ class Setup:
     policy: Path
     integrations: Path | None
     backends: tuple[Backend, ...] = ()
+    missing_secrets: tuple[str, ...] = ()
 
     def load_integrations(self, env: Mapping[str, str] | None = None) -> Integrations:
         """The integrations file's backends and webhooks plus the declared backends; raise
-        IntegrationsError naming every problem."""
+        IntegrationsError naming every problem (a declared backend's unset secret too)."""
+        if self.missing_secrets:
+            raise IntegrationsError("<declarations>", list(self.missing_secrets))
         return load_integrations(self.integrations, self.registry, env, self.backends)
 
 
 def with_declarations(
     plugins: Sequence[Enabled], declarations: Path | None
-) -> tuple[tuple[Enabled, ...], tuple[Backend, ...]]:
+) -> tuple[tuple[Enabled, ...], tuple[Backend, ...], tuple[str, ...]]:
     """Each plugin with its declarations file's contents added, as if listed in it, and the
-    `declarations` setting's file as a plugin of its own; and the services they bind. A bad
+    `declarations` setting's file as a plugin of its own; the services they bind, and the
+    places of the secrets the environment lacks. A bad
     plugin file raises PluginError naming the plugin; a bad setting file, DeclarationsError."""
     enabled: list[Enabled] = []
     backends: list[Backend] = []
+    missing: list[str] = []
     for item in plugins:
         if item.plugin.declarations is None:
             enabled.append(item)
@@ -177,6 +187,7 @@ def with_declarations(
             raise PluginError(item.plugin.name, str(exc)) from exc
         enabled.append(replace(item, plugin=_extended(item.plugin, found)))
         backends += found.backends
+        missing += found.missing_secrets
     if declarations is not None:
         if any(e.plugin.name == DECLARATIONS_PLUGIN for e in enabled):
             raise PluginError(DECLARATIONS_PLUGIN, "the name is taken by OPSGATE_DECLARATIONS")
@@ -184,7 +195,8 @@ def with_declarations(
         plugin = _extended(Plugin(name=DECLARATIONS_PLUGIN), found)
         enabled.append(Enabled(plugin, f"OPSGATE_DECLARATIONS {declarations}"))
         backends += found.backends
-    return tuple(enabled), tuple(backends)
+        missing += found.missing_secrets
+    return tuple(enabled), tuple(backends), tuple(missing)
 
 
 def _extended(plugin: Plugin, found: Declarations) -> Plugin:
@@ -206,8 +218,8 @@ def load_setup(
     """Discover the plugins (with their declarations and the `declarations` file), build the
     registry, and choose the policy and integrations files: the settings when set, else the
     only shipping plugin's, else (policy) opsgate's own."""
-    enabled, backends = with_declarations(discover(plugins_setting), declarations)
+    enabled, backends, missing = with_declarations(discover(plugins_setting), declarations)
     registry = build_registry(enabled)
     chosen_policy = policy or default_file(enabled, "policy") or BUILT_IN_POLICY
     chosen_integrations = integrations or default_file(enabled, "integrations")
-    return Setup(enabled, registry, chosen_policy, chosen_integrations, backends)
+    return Setup(enabled, registry, chosen_policy, chosen_integrations, backends, missing)
