@@ -366,3 +366,18 @@ def no_writer_holds(test_db: TestDatabase, services: Services) -> bool:
     )
     with services.db.reading() as session:
         return session.scalar(waiting) == 0
+
+
+def test_a_repeated_idempotency_key_replays_the_first_answer(
+    adopted: tuple[TestClient, Services], world: World, service: TicketService
+) -> None:
+    client, _ = adopted
+    body = {"target": "ticket:tkt_1", "payload": {"resolution": "fixed"}, "reason": "done"}
+    headers = world.auth("alice") | {"Idempotency-Key": "close-tkt-1"}
+    first = client.post("/api/v1/actions/ticket.close", json=body, headers=headers)
+    again = client.post("/api/v1/actions/ticket.close", json=body, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert again.json()["approval_id"] == first.json()["approval_id"]
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    reads = [s for s in service.seen if s["path"].startswith("/v1/targets/")]
+    assert len(reads) == 1  # the replay needed no read
