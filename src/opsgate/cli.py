@@ -36,12 +36,13 @@ from opsgate.core.identity import console_sessions, passwords
 from opsgate.core.identity import tokens as token_service
 from opsgate.core.identity.actors import Actor, Origin
 from opsgate.core.identity.users import ensure_user, find_user
-from opsgate.core.integrations.config import IntegrationsError, load_integrations
+from opsgate.core.integrations.config import IntegrationsError
 from opsgate.core.request_ids import new_request_id
 from opsgate.core.tracing import continue_or_start
 from opsgate.db import migrate
 from opsgate.db.engine import Database
 from opsgate.db.models import User
+from opsgate.declarations import DeclarationsError
 from opsgate.plugins import PluginError, Setup, load_setup
 from opsgate.scaffold import plugin_package
 from opsgate.settings import ProductionRefused, get_settings, refuse_unsafe_production
@@ -146,8 +147,10 @@ def _setup() -> Setup:
     """The plugins, registry and files this process runs with; exit 2 naming the problem."""
     settings = get_settings()
     try:
-        return load_setup(settings.plugins, settings.policy, settings.integrations)
-    except PluginError as exc:
+        return load_setup(
+            settings.plugins, settings.policy, settings.integrations, settings.declarations
+        )
+    except (PluginError, DeclarationsError) as exc:
         err.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from exc
 
@@ -244,7 +247,7 @@ def serve(
         setup = _setup()
         load_policy(setup.policy, setup.registry)
         # Checked here too, so a bad file (say, a plain http:// backend) is one clear message.
-        load_integrations(setup.integrations, setup.registry)
+        setup.load_integrations()
     except (PolicyError, IntegrationsError) as exc:
         err.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from exc
@@ -438,7 +441,7 @@ def tokens_create(
     setup = _setup()
     registry = setup.registry
     policy = load_policy(setup.policy, registry)
-    integrations = load_integrations(setup.integrations, registry)
+    integrations = setup.load_integrations()
     minter = _minter()
     db = _database()
     now = SystemClock().now()
@@ -770,7 +773,6 @@ def audit_anchor(
     from cron where no server runs. Exit 1 when the records since the last anchor do not
     chain onto it."""
     from opsgate.core.audit.anchors import AnchorError, public_key_text
-    from opsgate.core.integrations.config import load_integrations
 
     settings = get_settings()
     setup = anchoring.Anchoring.from_settings(settings)
@@ -780,7 +782,7 @@ def audit_anchor(
             typer.echo(f"{key.key_id} {public_key_text(key.public)}")
             return
         _refuse_if_beyond_head()
-        integrations = load_integrations(_setup().integrations, _setup().registry)
+        integrations = _setup().load_integrations()
         db = _database()
         try:
             done = anchoring.anchor_head(db, setup, integrations, SystemClock().now(), force=force)
@@ -1168,8 +1170,10 @@ def _mount_plugin_commands() -> None:
     fails to load leaves opsgate's own commands working (they report it when they need it)."""
     try:
         settings = get_settings()
-        enabled = load_setup(settings.plugins, settings.policy, settings.integrations).plugins
-    except (PluginError, ValueError):
+        enabled = load_setup(
+            settings.plugins, settings.policy, settings.integrations, settings.declarations
+        ).plugins
+    except (PluginError, DeclarationsError, ValueError):
         return
     for item in enabled:
         if item.plugin.cli is not None:

@@ -90,6 +90,9 @@ class ReadContext:
     actor: Actor
     now: datetime
     reveal_pii: bool = False
+    # The request this read serves: sent as X-Request-ID when the record lives in a team's
+    # service (a fresh one when None).
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,25 @@ with a `PluginError` naming the plugin and the problem.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 from opsgate.core.actions import admin_actions
 from opsgate.core.actions.registry import Registry, RegistryError
+from opsgate.core.integrations.config import (
+    Backend,
+    Integrations,
+    IntegrationsError,
+    load_integrations,
+)
+from opsgate.declarations import Declarations, DeclarationsError, load_declarations
 from opsgate.plugin import Plugin
 
 ENTRY_POINT_GROUP = "opsgate.plugins"
+# The plugin that OPSGATE_DECLARATIONS's file becomes in a deployment without Python.
+DECLARATIONS_PLUGIN = "declarations"
 _PLUGIN_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 # opsgate's own top-level commands and API segments a plugin name must not shadow.
 RESERVED_NAMES = frozenset(
@@ -140,21 +149,77 @@ def default_file(plugins: Sequence[Enabled], attribute: str) -> Path | None:
 
 @dataclass(frozen=True)
 class Setup:
-    """What a process runs with: its plugins, their registry, and the files chosen."""
+    """What a process runs with: its plugins, their registry, and the files chosen;
+    `backends`, the services declarations bind (joined to the integrations file's)."""
 
     plugins: tuple[Enabled, ...]
     registry: Registry
     policy: Path
     integrations: Path | None
+    backends: tuple[Backend, ...] = ()
+    missing_secrets: tuple[str, ...] = ()
+
+    def load_integrations(self, env: Mapping[str, str] | None = None) -> Integrations:
+        """The integrations file's backends and webhooks plus the declared backends; raise
+        IntegrationsError naming every problem (a declared backend's unset secret too)."""
+        if self.missing_secrets:
+            raise IntegrationsError("<declarations>", list(self.missing_secrets))
+        return load_integrations(self.integrations, self.registry, env, self.backends)
+
+
+def with_declarations(
+    plugins: Sequence[Enabled], declarations: Path | None
+) -> tuple[tuple[Enabled, ...], tuple[Backend, ...], tuple[str, ...]]:
+    """Each plugin with its declarations file's contents added, as if listed in it, and the
+    `declarations` setting's file as a plugin of its own; the services they bind, and the
+    places of the secrets the environment lacks. A bad
+    plugin file raises PluginError naming the plugin; a bad setting file, DeclarationsError."""
+    enabled: list[Enabled] = []
+    backends: list[Backend] = []
+    missing: list[str] = []
+    for item in plugins:
+        if item.plugin.declarations is None:
+            enabled.append(item)
+            continue
+        try:
+            found = load_declarations(item.plugin.declarations)
+        except DeclarationsError as exc:
+            raise PluginError(item.plugin.name, str(exc)) from exc
+        enabled.append(replace(item, plugin=_extended(item.plugin, found)))
+        backends += found.backends
+        missing += found.missing_secrets
+    if declarations is not None:
+        if any(e.plugin.name == DECLARATIONS_PLUGIN for e in enabled):
+            raise PluginError(DECLARATIONS_PLUGIN, "the name is taken by OPSGATE_DECLARATIONS")
+        found = load_declarations(declarations)
+        plugin = _extended(Plugin(name=DECLARATIONS_PLUGIN), found)
+        enabled.append(Enabled(plugin, f"OPSGATE_DECLARATIONS {declarations}"))
+        backends += found.backends
+        missing += found.missing_secrets
+    return tuple(enabled), tuple(backends), tuple(missing)
+
+
+def _extended(plugin: Plugin, found: Declarations) -> Plugin:
+    return replace(
+        plugin,
+        target_kinds=(*plugin.target_kinds, *found.target_kinds),
+        actions=(*plugin.actions, *found.actions),
+        search=(*plugin.search, *found.search),
+        views=(*plugin.views, *found.views),
+    )
 
 
 def load_setup(
-    plugins_setting: str | None, policy: Path | None, integrations: Path | None
+    plugins_setting: str | None,
+    policy: Path | None,
+    integrations: Path | None,
+    declarations: Path | None = None,
 ) -> Setup:
-    """Discover the plugins, build the registry, and choose the policy and integrations files:
-    the settings when set, else the only shipping plugin's, else (policy) opsgate's own."""
-    enabled = tuple(discover(plugins_setting))
+    """Discover the plugins (with their declarations and the `declarations` file), build the
+    registry, and choose the policy and integrations files: the settings when set, else the
+    only shipping plugin's, else (policy) opsgate's own."""
+    enabled, backends, missing = with_declarations(discover(plugins_setting), declarations)
     registry = build_registry(enabled)
     chosen_policy = policy or default_file(enabled, "policy") or BUILT_IN_POLICY
     chosen_integrations = integrations or default_file(enabled, "integrations")
-    return Setup(enabled, registry, chosen_policy, chosen_integrations)
+    return Setup(enabled, registry, chosen_policy, chosen_integrations, backends, missing)

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     plugins: str | None = None
     # Remote backends and webhook subscriptions (core/integrations/config.py); unset: none.
     integrations: Path | None = None
+    # Declarative target kinds and actions without a plugin (opsgate/declarations.py); they
+    # appear as the plugin `declarations`. Unset: none.
+    declarations: Path | None = None
     # How often each `opsgate serve` process asks remote backends about calls whose outcome is
     # unknown (core/integrations/reconcile.py); 0: never (run `opsgate reconcile` from cron
     # instead).

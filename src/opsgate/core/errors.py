@@ -29,6 +29,7 @@ class ProblemCode(StrEnum):
     IDEMPOTENCY_MISMATCH = "idempotency_mismatch"
     IDEMPOTENCY_IN_FLIGHT = "idempotency_in_flight"
     TARGET_BUSY = "target_busy"
+    TARGET_UNAVAILABLE = "target_unavailable"
     AUDIT_BLOCKED = "audit_blocked"
     LIMIT_EXCEEDED = "limit_exceeded"
     BACKEND_REJECTED = "backend_rejected"
@@ -104,6 +105,15 @@ class TargetNotFound(OpsgateError):
     code = ProblemCode.TARGET_NOT_FOUND
     status = 404
     title = "Target not found"
+
+
+class TargetUnavailable(OpsgateError):
+    """The service that owns a remote target could not say what it is (unreachable, slow, or
+    an answer that did not verify or follow the contract); nothing was done."""
+
+    code = ProblemCode.TARGET_UNAVAILABLE
+    status = 503
+    title = "The target's service is unavailable"
 
 
 class InvalidPayload(OpsgateError):

@@ -16,7 +16,7 @@ from opsgate.core.audit.records import AuditEntry, AuditResult
 from opsgate.core.clock import Clock, SystemClock
 from opsgate.core.errors import Forbidden
 from opsgate.core.identity.actors import Actor, Origin
-from opsgate.core.integrations.config import NO_INTEGRATIONS, Integrations, load_integrations
+from opsgate.core.integrations.config import NO_INTEGRATIONS, Integrations
 from opsgate.core.request_ids import new_request_id
 from opsgate.core.tracing import new_trace_id
 from opsgate.db.engine import Database
@@ -44,10 +44,12 @@ class Services:
         PolicyError, IntegrationsError or PluginError naming every problem. Write transactions are
         bounded
         by the database timeouts, except for `maintenance` (bulk deletes by the CLI)."""
-        setup = load_setup(settings.plugins, settings.policy, settings.integrations)
+        setup = load_setup(
+            settings.plugins, settings.policy, settings.integrations, settings.declarations
+        )
         registry = setup.registry
         policy = load_policy(setup.policy, registry)
-        integrations = load_integrations(setup.integrations, registry)
+        integrations = setup.load_integrations()
         if maintenance:
             db = Database(settings.database_url)
         else:

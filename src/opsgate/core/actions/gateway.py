@@ -2,7 +2,8 @@
 
     actor ─► action (registry) ─► may start? (policy) ─► Idempotency-Key present if needed?
       ─► valid envelope and payload? ─► claim the key (or replay its stored answer)
-      ─► target exists? (row-locked) ─► usage limits ─► approval gate (off/monitor/enforce)
+      ─► target exists? (row-locked; a remote kind's record is read from its service first,
+           outside any transaction) ─► usage limits ─► approval gate (off/monitor/enforce)
            ├─ gate applies: store an approval request, audit it, answer pending
            └─ otherwise: handler + audit record (+ stored answer) in ONE transaction
 
@@ -52,13 +53,15 @@ from opsgate.core.errors import (
     OpsgateError,
     TargetBusy,
     TargetNotFound,
+    TargetUnavailable,
     UnknownAction,
     error_body,
 )
 from opsgate.core.identity.actors import Actor, Origin
-from opsgate.core.integrations import outbox, remote
+from opsgate.core.integrations import outbox, remote, remote_targets
 from opsgate.core.integrations.backends import BackendClient, BackendRequest, derive_key
 from opsgate.core.integrations.config import NO_INTEGRATIONS, Backend, Integrations
+from opsgate.core.request_ids import new_request_id
 from opsgate.db.engine import Database, is_timeout
 from opsgate.db.models import AuditRecord
 
@@ -415,10 +418,29 @@ class Gateway:
             parameters=redact(params, sensitive_fields(spec.payload_model)),
             reason=envelope.reason,
         )
+        fetched = None
+        if kind.remote is not None:
+            # Read from its service before the transaction opens: no database lock is held
+            # across the network. The service refuses a changed record by `target_version`.
+            try:
+                fetched = remote_targets.fetch(
+                    self.backends,
+                    self.integrations,
+                    kind,
+                    target.id,
+                    request_id=origin.request_id,
+                    trace_id=origin.trace_id,
+                )
+            except TargetUnavailable as exc:
+                self.refuse(exc, replace(base, result=AuditResult.FAILED), actor, origin)
         with self.db.writing() as session:
             now = self.clock.now()
             # Reads need no lock; anything that changes the target locks it until commit.
-            obj = kind.load(session, target.id, spec.risk != RiskClass.READ)
+            obj = (
+                fetched
+                if kind.remote is not None
+                else kind.load(session, target.id, spec.risk != RiskClass.READ)
+            )
             if obj is None:
                 session.rollback()
                 self.refuse(
@@ -499,9 +521,10 @@ class Gateway:
                 )
             backend = self.integrations.backend_for(spec.name)
             if backend is not None:
+                version = kind.snapshot(obj)["version"] if kind.remote is not None else None
                 return self._execute_remote(
                     session, backend, spec, envelope, target, params, base, companions, actor,
-                    origin, claim, now, use,
+                    origin, claim, now, use, version,
                 )  # fmt: skip
             try:
                 execution = self.run_handler(ctx, spec, obj, payload)
@@ -569,6 +592,7 @@ class Gateway:
         claim: KeyClaim | None,
         now: datetime,
         use: aggregates.Use,
+        target_version: int | None = None,
     ) -> ActionResult:
         """Run an accepted request in its backend (core/integrations/remote.py): record the call
         and the
@@ -592,6 +616,7 @@ class Gateway:
                 request_id=origin.request_id,
             ),
             trace_id=origin.trace_id,
+            target_version=target_version,
         )
         call_id = remote.begin(session, backend, request, sensitive_fields(spec.payload_model), now)
         for companion in companions:
@@ -680,6 +705,30 @@ class Gateway:
                 claim.store(session, error.status, error_body(error, origin.request_id))
 
         self.refuse(error, failed_entry(base, exc), actor, origin, also=companions, then=store)
+
+    def target_state(self, target: str, *, request_id: str | None = None) -> dict[str, Any] | None:
+        """The target's state as a request would be judged on now (`snapshot`), read outside
+        any write transaction: a local kind from the database, a remote kind from its service.
+        None when `target` is no `kind:id`, names no record, or its service cannot say."""
+        try:
+            ref = TargetRef.parse(target)
+        except ValueError:
+            return None
+        kind = self.registry.target_kind(ref.kind)
+        if kind is None:
+            return None
+        if kind.remote is None:
+            with self.db.reading() as session:
+                obj = kind.load(session, ref.id, False)
+                return kind.snapshot(obj) if obj is not None else None
+        try:
+            found = remote_targets.fetch(
+                self.backends, self.integrations, kind, ref.id,
+                request_id=request_id or new_request_id(),
+            )  # fmt: skip
+        except TargetUnavailable:
+            return None
+        return kind.snapshot(found) if found is not None else None
 
     # --- building blocks shared with controlled execution (core/approvals/gate.py) -------------
 

@@ -122,6 +122,11 @@ class TargetKind:
     # `customer_of(session, obj)`: the `customer:<id>` target the object belongs to (None when
     # it has none), so that policy can add up amounts per customer (`cumulative.customer.*`).
     customer_of: Callable[[Session, Any], str | None] | None = None
+    # For targets a team's service owns and opsgate keeps no copy of: the name of that
+    # service's backend. The gateway and controlled execution read the record from it with a
+    # signed GET before opening their write transaction (core/integrations/remote_targets.py)
+    # and hand the state in; `load` is then never called inside a transaction.
+    remote: str | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,9 @@ class Registry:
 
     def target_kind(self, name: str) -> TargetKind | None:
         return self._kinds.get(name)
+
+    def target_kinds(self) -> list[TargetKind]:
+        return [self._kinds[name] for name in sorted(self._kinds)]
 
     def names(self) -> list[str]:
         return sorted(self._actions)

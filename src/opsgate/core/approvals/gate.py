@@ -39,18 +39,27 @@ from opsgate.core.errors import (
     SelfApproval,
     StaleApproval,
     StepUpRequired,
+    TargetUnavailable,
 )
 from opsgate.core.faults import FaultPoint, reach
 from opsgate.core.identity.actors import Actor, Origin
 from opsgate.core.ids import new_id
-from opsgate.core.integrations import outbox, remote
+from opsgate.core.integrations import outbox, remote, remote_targets
 from opsgate.core.integrations.backends import BackendRequest, derive_key
 from opsgate.core.integrations.config import Backend
+from opsgate.core.integrations.remote_targets import RemoteRecord
 from opsgate.core.request_ids import new_request_id
 from opsgate.db.models import ApprovalDecision, ApprovalRequest, ApprovalView, User
 
 MAX_COMMENT_LENGTH = 2000
 S = ApprovalStatus
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A remote target's record read before a transaction (None: the service has none)."""
+
+    record: RemoteRecord | None
 
 
 class Decision:
@@ -216,6 +225,12 @@ class Approvals:
         """
         comment = (comment or "").strip() or None
         result = AuditResult.APPROVED if decision == Decision.APPROVE else AuditResult.REJECTED
+        # An approval may execute: a remote target is read now, before the transaction.
+        fetched = (
+            self._read_remote(approval_id, actor, origin)
+            if result == AuditResult.APPROVED
+            else None
+        )
         with self.db.writing() as session:
             now = self.clock.now()
             approval = self._load(
@@ -335,7 +350,9 @@ class Approvals:
                 # that locks are taken in execution's order (target rows, then the chain head).
                 reach(self.fault, FaultPoint.BEFORE_EXECUTION)
                 try:
-                    executed = self._execute_locked(session, approval, origin, decided, recorded)
+                    executed = self._execute_locked(
+                        session, approval, origin, decided, recorded, fetched
+                    )
                 except BaseException as exc:
                     metrics.observe_execution(label, metrics.result_of(exc))
                     raise
@@ -507,6 +524,7 @@ class Approvals:
         (`opsgate approvals recover`). Raises ApprovalExpired, StaleApproval (handler not
         run), DomainRejected (handler refused; status `failed`).
         """
+        fetched = self._read_remote(approval_id, None, origin)
         with self.db.writing() as session:
             now = self.clock.now()
             approval = session.get(ApprovalRequest, approval_id, with_for_update=True)
@@ -518,7 +536,7 @@ class Approvals:
                     "The request expired before it could execute.",
                     extra={"approval_id": approval_id, "approval_status": S.EXPIRED.value},
                 )
-            return self._execute_locked(session, approval, origin, decided, None)
+            return self._execute_locked(session, approval, origin, decided, None, fetched)
 
     def _execute_locked(
         self,
@@ -527,9 +545,11 @@ class Approvals:
         origin: Origin,
         decided: DecisionResult,
         recorded: _Decided | None,
+        fetched: Fetched | None = None,
     ) -> DecisionResult:
         """Execute `approval`, locked and `approved` in `session`, and commit; `recorded` is
-        the approving decision, whose record is written (and committed) with the execution.
+        the approving decision, whose record is written (and committed) with the execution;
+        `fetched`, a remote target's record read before the transaction.
 
         Compare-and-set approved→executing decides the one executor; the other checks and the
         handler run in the same transaction, so a loser sees a final status.
@@ -559,7 +579,7 @@ class Approvals:
             reason=approval.reason,
             execution_request_id=execution_id,
         )
-        checked = self._recheck(session, approval)
+        checked = self._recheck(session, approval, fetched)
         if isinstance(checked, str):
             _set_status(approval, S.STALE, checked)
             approval.executed_at = now
@@ -684,6 +704,7 @@ class Approvals:
                 actor_id=requester.id, action=approval.action, approval_id=approval_id
             ),
             trace_id=run_origin.trace_id,
+            target_version=approval.target_version if self._remote(approval) else None,
         )
         call_id = remote.begin(session, backend, request, self._sensitive(approval.action), now)
         session.commit()
@@ -735,7 +756,42 @@ class Approvals:
         }
         raise error
 
-    def _recheck(self, session: Session, approval: ApprovalRequest) -> str | tuple[Any, ...]:
+    def _read_remote(self, approval_id: str, actor: Actor | None, origin: Origin) -> Fetched | None:
+        """For a request on a remote target kind, its record as the service reports it now,
+        read before any transaction opens (no lock across the network); None for a local
+        kind. An unreadable target refuses the decision (audited): nothing is recorded."""
+        with self.db.reading() as session:
+            approval = session.get(ApprovalRequest, approval_id)
+            if approval is None or approval.status not in (S.PENDING, S.APPROVED):
+                return None
+            action, target_text = approval.action, approval.target
+        target = TargetRef.parse(target_text)
+        kind = self.gateway.registry.target_kind(target.kind)
+        if kind is None or kind.remote is None:
+            return None
+        try:
+            record = remote_targets.fetch(
+                self.gateway.backends,
+                self.gateway.integrations,
+                kind,
+                target.id,
+                request_id=origin.request_id,
+                trace_id=origin.trace_id,
+            )
+        except TargetUnavailable as exc:
+            exc.extra |= {"approval_id": approval_id}
+            entry = AuditEntry(
+                action=action,
+                result=AuditResult.FAILED,
+                target=target_text,
+                approval_id=approval_id,
+            )
+            self.gateway.refuse(exc, entry, actor, origin)
+        return Fetched(record)
+
+    def _recheck(
+        self, session: Session, approval: ApprovalRequest, fetched: Fetched | None
+    ) -> str | tuple[Any, ...]:
         """Everything approved must still hold; return why not, or what to run."""
         if approval.policy_version != self.policy.version:
             return "the policy changed since the request was made"
@@ -753,7 +809,11 @@ class Approvals:
             return "the stored payload is no longer valid for the action"
         target = TargetRef.parse(approval.target)
         kind = self.gateway.registry.target_kind(target.kind)
-        obj = kind.load(session, target.id, True) if kind else None
+        if kind is not None and kind.remote is not None:
+            assert fetched is not None, "a remote target is read before the transaction"
+            obj: object | None = fetched.record
+        else:
+            obj = kind.load(session, target.id, True) if kind else None
         if kind is None or obj is None:
             return "the target no longer exists"
         if kind.snapshot(obj)["version"] != approval.target_version:
@@ -825,6 +885,10 @@ class Approvals:
             decision=decision,
             comment=comment,
         )
+
+    def _remote(self, approval: ApprovalRequest) -> bool:
+        kind = self.gateway.registry.target_kind(TargetRef.parse(approval.target).kind)
+        return kind is not None and kind.remote is not None
 
     def _moves_money(self, approval: ApprovalRequest) -> bool:
         spec = self.gateway.registry.get(approval.action)

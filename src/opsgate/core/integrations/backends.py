@@ -111,10 +111,14 @@ class BackendRequest:
     approval_id: str | None = None
     execution_request_id: str | None = None
     trace_id: str | None = None
+    # The version of a remote target the request was judged on (approved on, for an
+    # execution): the service refuses the call when its record has moved on since.
+    target_version: int | None = None
 
     def document(self) -> dict[str, Any]:
-        """The JSON document sent (docs/backends.md, "The call")."""
-        return {
+        """The JSON document sent (docs/backends.md, "The call"); `target_version` only for
+        targets of a remote kind, so backends of local kinds see the body they always saw."""
+        document: dict[str, Any] = {
             "action": self.action,
             "target": self.target,
             "payload": self.payload,
@@ -128,6 +132,9 @@ class BackendRequest:
             "approval_id": self.approval_id,
             "execution_request_id": self.execution_request_id,
         }
+        if self.target_version is not None:
+            document["target_version"] = self.target_version
+        return document
 
     def body(self) -> bytes:
         """The exact bytes sent and signed: canonical JSON of `document()`."""
@@ -212,11 +219,11 @@ class _Attempt:
     replayed: bool = False
 
 
-class _Unreadable(Exception):
+class UnreadableAnswer(Exception):
     """The answer's body was too large or too slow to read (its text says which)."""
 
 
-def _json_object(content: bytes) -> dict[str, Any] | None:
+def json_object(content: bytes) -> dict[str, Any] | None:
     try:
         value = json.loads(content)
     except ValueError:
@@ -308,6 +315,14 @@ class BackendClient:
                 self._clients[backend] = client
             return client
 
+    def pool(self, backend: Backend) -> httpx.Client:
+        """The connection pool to `backend` (for the signed reads of remote_targets.py)."""
+        return self._client(backend)
+
+    def now(self) -> float:
+        """This client's clock (Unix seconds), the one signatures are made and checked with."""
+        return self._clock()
+
     def call(self, backend: Backend, request: BackendRequest) -> BackendAnswer:
         """POST the action to `backend` under the bounds of its configuration and this
         client's deadline. Never raises for what the backend does or fails to do: every end
@@ -390,7 +405,7 @@ class BackendClient:
         timeout = httpx.Timeout(read, connect=min(backend.connect_timeout, remaining))
         sent = client.build_request("POST", url, content=body, headers=headers, timeout=timeout)
         try:
-            response, content = _exchange(client, sent, self._clock, deadline)
+            response, content = exchange(client, sent, self._clock, deadline)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
             return _Attempt(BackendOutcome.UNAVAILABLE, True, error="could not connect")
         except httpx.TimeoutException:
@@ -401,7 +416,7 @@ class BackendClient:
                 True,
                 error=f"the connection failed after the request was sent ({type(exc).__name__})",
             )
-        except _Unreadable as exc:
+        except UnreadableAnswer as exc:
             return _Attempt(BackendOutcome.UNKNOWN, True, error=str(exc))
         status = response.status_code
         try:
@@ -416,7 +431,7 @@ class BackendClient:
                 http_status=status,
                 error=f"HTTP {status}{hint}, answer not verified: {exc}",
             )
-        parsed = _json_object(content)
+        parsed = json_object(content)
         outcome, retry, error = _judge(status, parsed)
         return _Attempt(
             outcome,
@@ -454,14 +469,14 @@ class BackendClient:
         } | signed.headers
         deadline = self._clock() + backend.connect_timeout + backend.timeout
         try:
-            response, content = _exchange(
+            response, content = exchange(
                 client, client.build_request("GET", url, headers=headers), self._clock, deadline
             )
         except httpx.TransportError as exc:
             answer = LookupAnswer(
                 LookupStatus.UNREACHABLE, error=f"no answer ({type(exc).__name__})"
             )
-        except _Unreadable as exc:
+        except UnreadableAnswer as exc:
             answer = LookupAnswer(LookupStatus.UNREACHABLE, error=str(exc))
         else:
             answer = self._judge_lookup(backend, signed, response, content)
@@ -484,7 +499,7 @@ class BackendClient:
             )
         except signing.SignatureError as exc:
             return LookupAnswer(LookupStatus.INVALID, error=f"HTTP {status}, not verified: {exc}")
-        body = _json_object(content) or {}
+        body = json_object(content) or {}
         if status == 503:
             return LookupAnswer(LookupStatus.UNREACHABLE, error="HTTP 503")
         if status == 404 and body.get("code") == OPERATION_NOT_FOUND:
@@ -502,7 +517,7 @@ class BackendClient:
         return LookupAnswer(LookupStatus.INVALID, error=f"HTTP {status} outside the contract")
 
 
-def _exchange(
+def exchange(
     client: httpx.Client, request: httpx.Request, clock: Callable[[], float], deadline: float
 ) -> tuple[httpx.Response, bytes]:
     """Send `request` and read the whole answer, unless it runs past MAX_ANSWER_BYTES or the
@@ -513,9 +528,9 @@ def _exchange(
         for chunk in response.iter_bytes():
             content += chunk
             if len(content) > MAX_ANSWER_BYTES:
-                raise _Unreadable(f"an answer over {MAX_ANSWER_BYTES} bytes")
+                raise UnreadableAnswer(f"an answer over {MAX_ANSWER_BYTES} bytes")
             if clock() > deadline:
-                raise _Unreadable("an answer still arriving at the deadline")
+                raise UnreadableAnswer("an answer still arriving at the deadline")
         return response, bytes(content)
     finally:
         response.close()

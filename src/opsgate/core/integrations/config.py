@@ -29,7 +29,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -74,7 +74,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _backend_url(value: str) -> str:
+def backend_url(value: str) -> str:
     """A backend carries money movements and their answers: TLS, unless it is on this
     machine (the signature protects integrity, not the payload's confidentiality)."""
     url = _http_url(value)
@@ -95,7 +95,7 @@ class BackendDocument(_Strict):
     max_attempts: int = Field(default=3, ge=1, le=10)
     backoff_seconds: float = Field(default=0.2, ge=0, le=30)
 
-    _url = field_validator("url")(_backend_url)
+    _url = field_validator("url")(backend_url)
 
 
 class WebhookDocument(_Strict):
@@ -181,7 +181,7 @@ class IntegrationsError(Exception):
         )
 
 
-def _secret(env: Mapping[str, str], name: str, place: str, problems: list[str]) -> str:
+def secret_from_env(env: Mapping[str, str], name: str, place: str, problems: list[str]) -> str:
     value = env.get(name, "")
     if len(value) < MIN_SECRET_LENGTH:
         problems.append(
@@ -231,7 +231,7 @@ def parse_integrations(
                     f"{place}.actions: {action!r} is already bound to backend {bound[action]!r}"
                 )
             bound.setdefault(action, name)
-        secret = _secret(environment, doc.secret_env, f"{place}.secret_env", problems)
+        secret = secret_from_env(environment, doc.secret_env, f"{place}.secret_env", problems)
         backends[name] = Backend(
             name=name,
             url=doc.url,
@@ -250,7 +250,7 @@ def parse_integrations(
         if hook.format == "json" and hook.secret_env is None:
             problems.append(f"{place}.secret_env: JSON webhooks are signed; name the secret")
         hook_secret = (
-            _secret(environment, hook.secret_env, f"{place}.secret_env", problems)
+            secret_from_env(environment, hook.secret_env, f"{place}.secret_env", problems)
             if hook.secret_env is not None
             else None
         )
@@ -269,13 +269,55 @@ def parse_integrations(
 
 
 def load_integrations(
-    path: Path | None, registry: Registry, env: Mapping[str, str] | None = None
+    path: Path | None,
+    registry: Registry,
+    env: Mapping[str, str] | None = None,
+    declared: Sequence[Backend] = (),
 ) -> Integrations:
-    """Read and validate the integrations file; None means no integrations."""
+    """Read and validate the integrations file (None: no file), joined with the backends
+    that declarations bring (opsgate/declarations.py); raise IntegrationsError when a name
+    or an action's binding is claimed twice, or a remote target kind's backend is missing."""
     if path is None:
-        return NO_INTEGRATIONS
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise IntegrationsError(str(path), [f"cannot read: {exc.strerror}"]) from exc
-    return parse_integrations(text, registry, source=str(path), env=env)
+        found = NO_INTEGRATIONS
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise IntegrationsError(str(path), [f"cannot read: {exc.strerror}"]) from exc
+        found = parse_integrations(text, registry, source=str(path), env=env)
+    joined = with_declared(found, declared, str(path) if path else "<declarations>")
+    unread = [
+        f"target_kinds.{kind.name}: its records are read from backend {kind.remote!r}, "
+        "which is not configured"
+        for kind in registry.target_kinds()
+        if kind.remote is not None and kind.remote not in joined.backends
+    ]
+    if unread:
+        raise IntegrationsError(str(path) if path else "<integrations>", unread)
+    return joined
+
+
+def with_declared(
+    integrations: Integrations, declared: Sequence[Backend], source: str
+) -> Integrations:
+    """`integrations` plus the declared backends, each checked against the file's."""
+    if not declared:
+        return integrations
+    problems = []
+    backends = dict(integrations.backends)
+    for backend in declared:
+        if backend.name in backends:
+            problems.append(
+                f"backends.{backend.name}: declared in declarations and in the integrations file"
+            )
+        for action in sorted(backend.actions):
+            other = integrations.backend_for(action)
+            if other is not None:
+                problems.append(
+                    f"backends.{other.name}.actions: {action!r} is a declarative action, "
+                    f"bound to {backend.name!r} by its declaration"
+                )
+        backends[backend.name] = backend
+    if problems:
+        raise IntegrationsError(source, problems)
+    return Integrations(backends=backends, webhooks=integrations.webhooks)

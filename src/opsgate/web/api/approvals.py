@@ -12,7 +12,6 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from opsgate.core.actions.policy import Capability
-from opsgate.core.actions.registry import TargetRef
 from opsgate.core.approvals import metrics as approval_metrics
 from opsgate.core.approvals.gate import Decision, DecisionResult
 from opsgate.core.approvals.states import ApprovalStatus
@@ -60,11 +59,9 @@ def summary(approval: ApprovalRequest, services: Services, now: datetime) -> dic
 def detail(approval: ApprovalRequest, actor: Actor, services: Services) -> dict[str, Any]:
     now = services.clock.now()
     spec = services.registry.get(approval.action)
-    target = TargetRef.parse(approval.target)
-    kind = services.registry.target_kind(target.kind)
+    # Outside any transaction: a remote kind's record is read from its service.
+    current = services.gateway.target_state(approval.target)
     with services.db.reading() as session:
-        obj = kind.load(session, target.id, False) if kind else None
-        current = kind.snapshot(obj) if kind and obj is not None else None
         history = list(
             session.scalars(
                 select(AuditRecord)
