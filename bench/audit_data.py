@@ -36,7 +36,6 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import psycopg
-from opsgate_demo.seed import FIRST, LAST
 from psycopg import sql as pgsql
 from sqlalchemy import Table, text
 from sqlalchemy.engine import make_url
@@ -45,6 +44,7 @@ from bench import BenchError
 from opsgate.core.audit.chain import GENESIS, HEAD_ID, record_hash
 from opsgate.db.engine import make_engine
 from opsgate.db.models import AuditRecord
+from opsgate_demo.seed import FIRST, LAST
 
 RECORDS = cast(Table, AuditRecord.__table__)
 COLUMNS = tuple(column.key for column in RECORDS.columns)

@@ -31,8 +31,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from opsgate_demo.models import Account, AccountStatus, Payment
-from opsgate_demo.plugin import DEMO_POLICY
 from rich.console import Console
 from sqlalchemy import select
 
@@ -49,6 +47,8 @@ from bench.scenarios import (
 )
 from bench.servers import run_cli, serve
 from opsgate.db.engine import Database
+from opsgate_demo.models import Account, AccountStatus, Payment
+from opsgate_demo.plugin import DEMO_POLICY
 
 ACTION = "payment.reverse"
 AMOUNT_MINOR = 100  # below the approval threshold (10,000) of the demo policy

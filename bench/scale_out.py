@@ -40,7 +40,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
-from opsgate_demo.plugin import DEMO_POLICY
 from rich.console import Console
 from sqlalchemy.engine import make_url
 
@@ -61,6 +60,7 @@ from bench.servers import (
     run_cli,
     serve,
 )
+from opsgate_demo.plugin import DEMO_POLICY
 
 PROCESS_COUNTS = (1, 2, 3)
 CLIENTS = 12

@@ -30,8 +30,6 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from opsgate_demo import seed as demo_seed
-from opsgate_demo.plugin import DEMO_POLICY
 from sqlalchemy.engine import make_url
 
 from opsgate.core.clock import FrozenClock
@@ -43,6 +41,8 @@ from opsgate.logging import configure_logging
 from opsgate.settings import Settings
 from opsgate.web.app import create_app
 from opsgate.web.services import Services
+from opsgate_demo import seed as demo_seed
+from opsgate_demo.plugin import DEMO_POLICY
 
 # The kit a team uses (installed opsgate registers it itself, under this same name).
 pytest_plugins = ["opsgate.testing"]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from opsgate_demo.plugin import plugin
-
 from opsgate.core.actions.registry import Registry
 from opsgate.plugins import Enabled
 from opsgate.plugins import build_registry as _build
+from opsgate_demo.plugin import plugin
 
 
 def build_registry() -> Registry:

@@ -20,11 +20,11 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from opsgate_demo.models import PaymentReversal
 from sqlalchemy import func, select
 
 from opsgate.db.engine import Database
 from opsgate.db.models import ApprovalDecision, ApprovalRequest, AuditRecord
+from opsgate_demo.models import PaymentReversal
 from tests.conftest import TestDatabase, World
 from tests.servers import Server, start_server
 from tests.step_ups import step_up_header

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from click.testing import Result
 from fastapi.testclient import TestClient
-from opsgate_demo.plugin import DEMO_POLICY
 from sqlalchemy import MetaData, func, select
 from typer.testing import CliRunner
 
@@ -24,6 +23,7 @@ from opsgate.core.identity.users import find_user
 from opsgate.db.engine import Database
 from opsgate.db.models import ApiToken, AuditRecord, User
 from opsgate.settings import get_settings
+from opsgate_demo.plugin import DEMO_POLICY
 from tests.conftest import TestDatabase, World
 from tests.registries import build_registry
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from opsgate_demo.models import Payment
 
 from opsgate.db.engine import Database
+from opsgate_demo.models import Payment
 from tests.conftest import TestDatabase
 from tests.core.test_aggregates import payments_of_different_customers
 from tests.servers import Server, two_servers_on

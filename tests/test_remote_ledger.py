@@ -18,8 +18,6 @@ from typing import Any, TypeVar
 import httpx
 import psycopg
 import pytest
-from opsgate_demo.ledger_service.models import LedgerOperation
-from opsgate_demo.models import Account, AccountStatus, Payment, PaymentStatus
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
@@ -28,6 +26,8 @@ from opsgate.core.identity.users import find_user
 from opsgate.core.integrations.backends import derive_key
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord, BackendCall
+from opsgate_demo.ledger_service.models import LedgerOperation
+from opsgate_demo.models import Account, AccountStatus, Payment, PaymentStatus
 from tests.conftest import TestDatabase, World
 from tests.remote_stack import (
     ExportedSpan,

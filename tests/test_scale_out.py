@@ -14,8 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from opsgate_demo.ledger_service.models import LedgerOperation
-from opsgate_demo.models import Account, AccountStatus, Payment, PaymentReversal, PaymentStatus
 from sqlalchemy import func, select
 
 from opsgate.core.identity import tokens
@@ -23,6 +21,8 @@ from opsgate.core.identity.users import ensure_user
 from opsgate.core.integrations.backends import derive_key
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord, BackendCall
+from opsgate_demo.ledger_service.models import LedgerOperation
+from opsgate_demo.models import Account, AccountStatus, Payment, PaymentReversal, PaymentStatus
 from tests.conftest import TestDatabase, World, demo_policy_with
 from tests.domain.test_money import UNGATED_REVERSALS, ledger_is_consistent
 from tests.remote_stack import RemoteStack, ledger_database, remote_stack

@@ -13,13 +13,12 @@ from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from opsgate_demo.seed import DEMO_USERS
-
 from opsgate.core.actions.gateway import Gateway
 from opsgate.core.approvals.gate import Approvals
 from opsgate.core.identity.actors import Actor
 from opsgate.core.integrations.config import Integrations, Webhook
 from opsgate.web.services import Services
+from opsgate_demo.seed import DEMO_USERS
 from tests.conftest import World
 
 SECRET = "test-webhook-secret-0123456789abcdef"

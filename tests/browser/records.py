@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy import func, select
+
+from opsgate.db.engine import Database
+from opsgate.db.models import ApprovalRequest, AuditRecord
 from opsgate_demo.models import (
     Account,
     AccountKind,
@@ -13,10 +17,6 @@ from opsgate_demo.models import (
     Payment,
     PaymentReversal,
 )
-from sqlalchemy import func, select
-
-from opsgate.db.engine import Database
-from opsgate.db.models import ApprovalRequest, AuditRecord
 
 
 @dataclass(frozen=True)

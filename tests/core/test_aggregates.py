@@ -7,8 +7,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from opsgate_demo.models import Account, Payment
-from opsgate_demo.seed import DEMO_USERS
 from sqlalchemy import func, select, update
 
 from opsgate.core.approvals.gate import Decision
@@ -17,6 +15,8 @@ from opsgate.core.identity.actors import Actor, Origin
 from opsgate.db.engine import Database
 from opsgate.db.models import ApprovalRequest
 from opsgate.web.services import Services
+from opsgate_demo.models import Account, Payment
+from opsgate_demo.seed import DEMO_USERS
 from tests.conftest import World, demo_policy_with, services_with_policy
 from tests.domain.test_money import run_concurrently
 from tests.step_ups import stepped_up

@@ -21,9 +21,6 @@ import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from opsgate_demo.ledger_service.app import create_app
-from opsgate_demo.ledger_service.settings import LedgerSettings
-from opsgate_demo.models import Payment
 from pydantic import SecretStr
 from sqlalchemy import select
 from starlette.applications import Starlette
@@ -38,6 +35,9 @@ from opsgate.core.integrations.reconcile import reconcile
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord, BackendCall
 from opsgate.web.services import Services
+from opsgate_demo.ledger_service.app import create_app
+from opsgate_demo.ledger_service.settings import LedgerSettings
+from opsgate_demo.models import Payment
 from tests.conftest import FrozenClock, World
 from tests.core.test_remote_actions import remote_services, reverse
 from tests.ledger_service import conftest as ledger_fixtures

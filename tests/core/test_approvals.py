@@ -7,9 +7,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from opsgate_demo.models import Account
-from opsgate_demo.plugin import DEMO_POLICY
-from opsgate_demo.seed import DEMO_USERS
 from sqlalchemy import select, update
 
 from opsgate.core.actions.gateway import Gateway
@@ -31,6 +28,9 @@ from opsgate.core.identity.users import ensure_user
 from opsgate.db.engine import Database
 from opsgate.db.models import ApprovalRequest, AuditRecord, User, UserRole
 from opsgate.web.services import Services
+from opsgate_demo.models import Account
+from opsgate_demo.plugin import DEMO_POLICY
+from opsgate_demo.seed import DEMO_USERS
 from tests.conftest import World
 from tests.registries import build_registry
 

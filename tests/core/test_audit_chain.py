@@ -13,7 +13,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from opsgate_demo.seed import DEMO_USERS
 from sqlalchemy import delete, event, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -38,6 +37,7 @@ from opsgate.db import append_only
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditArchive, AuditArchivePermit, AuditChainHead, AuditRecord
 from opsgate.web.services import Services
+from opsgate_demo.seed import DEMO_USERS
 from tests.conftest import TestDatabase, World
 
 ROLES = {username: frozenset(roles) for username, _name, roles in DEMO_USERS}

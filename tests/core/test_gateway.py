@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from opsgate_demo.models import Customer, Note
-from opsgate_demo.plugin import register
 from sqlalchemy import func, select
 
 from opsgate.core.actions.gateway import Gateway
@@ -23,6 +21,8 @@ from opsgate.core.errors import (
 from opsgate.core.identity.actors import Actor, Origin
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord
+from opsgate_demo.models import Customer, Note
+from opsgate_demo.plugin import register
 from tests.conftest import World
 
 ROLES = """

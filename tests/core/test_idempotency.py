@@ -15,8 +15,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from opsgate_demo.models import Payment, PaymentReversal
-from opsgate_demo.plugin import DEMO_POLICY
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
@@ -31,6 +29,8 @@ from opsgate.core.request_ids import new_request_id
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord, IdempotencyRecord
 from opsgate.settings import Settings
+from opsgate_demo.models import Payment, PaymentReversal
+from opsgate_demo.plugin import DEMO_POLICY
 from tests.conftest import TestDatabase
 from tests.registries import build_registry
 

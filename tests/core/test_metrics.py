@@ -12,8 +12,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from opsgate_demo.models import Account
-from opsgate_demo.seed import DEMO_USERS
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, update
 
@@ -25,6 +23,8 @@ from opsgate.core.identity.actors import Actor, Origin
 from opsgate.db.engine import Database
 from opsgate.db.models import ApprovalRequest, AuditRecord
 from opsgate.web.services import Services
+from opsgate_demo.models import Account
+from opsgate_demo.seed import DEMO_USERS
 from tests.conftest import World
 
 ROLES = {username: frozenset(roles) for username, _name, roles in DEMO_USERS}

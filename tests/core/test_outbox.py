@@ -6,7 +6,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from opsgate_demo.models import Account
 from sqlalchemy import select, update
 
 from opsgate.core.actions.gateway import Gateway
@@ -18,6 +17,7 @@ from opsgate.core.integrations import outbox
 from opsgate.db.engine import Database
 from opsgate.db.models import ApprovalRequest, OutboxEvent
 from opsgate.web.services import Services
+from opsgate_demo.models import Account
 from tests.conftest import World, demo_policy_with, services_with_policy
 from tests.webhook_receiver import (
     ALL_EVENTS,

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from opsgate_demo.plugin import DEMO_POLICY
 
 from opsgate.core.actions.conditions import Condition, Op
 from opsgate.core.actions.policy import Capability, Policy, PolicyError, load_policy, parse_policy
+from opsgate_demo.plugin import DEMO_POLICY
 from tests.registries import build_registry
 
 Doc = dict[str, Any]

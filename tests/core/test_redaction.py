@@ -11,8 +11,6 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from opsgate_demo.models import Customer
-from opsgate_demo.seed import DEMO_USERS
 from pydantic import Field
 from sqlalchemy import select
 
@@ -41,6 +39,8 @@ from opsgate.core.identity.actors import Actor, Origin
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord
 from opsgate.web.services import Services
+from opsgate_demo.models import Customer
+from opsgate_demo.seed import DEMO_USERS
 from tests.conftest import World
 from tests.registries import build_registry
 

@@ -17,8 +17,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from opsgate_demo.models import LedgerTransaction, Payment
-from opsgate_demo.seed import DEMO_USERS
 from sqlalchemy import select
 
 from opsgate.core.actions.gateway import Gateway
@@ -31,6 +29,8 @@ from opsgate.core.integrations.reconcile import reconcile
 from opsgate.db.engine import Database
 from opsgate.db.models import ApprovalRequest, AuditRecord, BackendCall
 from opsgate.web.services import Services
+from opsgate_demo.models import LedgerTransaction, Payment
+from opsgate_demo.seed import DEMO_USERS
 from tests.conftest import FrozenClock, World
 from tests.domain.test_money import large_payment, small_payment
 from tests.step_ups import stepped_up

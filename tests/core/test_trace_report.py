@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from opsgate_demo.seed import DEMO_USERS
 
 from opsgate.core.approvals.gate import Decision
 from opsgate.core.audit import trace_report
@@ -15,6 +14,7 @@ from opsgate.core.errors import ApprovalNotPending
 from opsgate.core.identity.actors import Actor, Origin
 from opsgate.db.models import BackendCall, OutboxEvent
 from opsgate.web.services import Services
+from opsgate_demo.seed import DEMO_USERS
 from tests.conftest import World
 
 ROLES = {username: frozenset(roles) for username, _name, roles in DEMO_USERS}

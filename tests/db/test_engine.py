@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from opsgate_demo.models import Customer, Note
 from sqlalchemy import select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
@@ -19,6 +18,7 @@ from opsgate.db.base import UTCDateTime
 from opsgate.db.engine import SQLITE_BUSY_TIMEOUT_MS, Database, normalise_url
 from opsgate.settings import Settings
 from opsgate.web.services import Services
+from opsgate_demo.models import Customer, Note
 from tests.conftest import TestDatabase, World
 
 

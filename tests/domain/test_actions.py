@@ -8,6 +8,15 @@ from itertools import count
 from typing import Any
 
 import pytest
+from sqlalchemy import select
+
+from opsgate.core.actions.gateway import ActionResult, Gateway
+from opsgate.core.actions.policy import parse_policy
+from opsgate.core.clock import FrozenClock
+from opsgate.core.errors import DomainRejected, Forbidden, InvalidPayload, TargetNotFound
+from opsgate.core.identity.actors import Actor, Origin
+from opsgate.db.engine import Database
+from opsgate.web.services import Services
 from opsgate_demo.models import (
     Account,
     AccountKind,
@@ -19,15 +28,6 @@ from opsgate_demo.models import (
 )
 from opsgate_demo.plugin import DEMO_POLICY
 from opsgate_demo.seed import DEMO_USERS
-from sqlalchemy import select
-
-from opsgate.core.actions.gateway import ActionResult, Gateway
-from opsgate.core.actions.policy import parse_policy
-from opsgate.core.clock import FrozenClock
-from opsgate.core.errors import DomainRejected, Forbidden, InvalidPayload, TargetNotFound
-from opsgate.core.identity.actors import Actor, Origin
-from opsgate.db.engine import Database
-from opsgate.web.services import Services
 from tests.conftest import World
 
 _request_numbers = count()

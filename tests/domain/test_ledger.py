@@ -10,14 +10,14 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from opsgate_demo import ledger
-from opsgate_demo.ledger import Leg, UnbalancedTransaction
-from opsgate_demo.models import Account, AccountKind, LedgerEntry, LedgerTransaction
 from sqlalchemy import event, func, select
 from sqlalchemy.exc import IntegrityError
 
 from opsgate.core.clock import FrozenClock
 from opsgate.db.engine import Database
+from opsgate_demo import ledger
+from opsgate_demo.ledger import Leg, UnbalancedTransaction
+from opsgate_demo.models import Account, AccountKind, LedgerEntry, LedgerTransaction
 from tests.conftest import TestDatabase
 
 

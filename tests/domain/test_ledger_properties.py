@@ -8,8 +8,6 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
-from opsgate_demo.models import LedgerTransaction, Payment
-from opsgate_demo.seed import DEMO_USERS
 from sqlalchemy import func, select
 
 from opsgate.core.approvals.gate import Decision
@@ -17,6 +15,8 @@ from opsgate.core.errors import OpsgateError
 from opsgate.core.identity.actors import Actor, Origin
 from opsgate.db.engine import Database
 from opsgate.web.services import Services
+from opsgate_demo.models import LedgerTransaction, Payment
+from opsgate_demo.seed import DEMO_USERS
 from tests.conftest import World
 from tests.domain.test_money import ledger_is_consistent
 

@@ -8,8 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from opsgate_demo.models import Account, LedgerEntry, Payment, PaymentReversal
-from opsgate_demo.seed import DEMO_USERS
 from sqlalchemy import func, select
 
 from opsgate.core.approvals.gate import Decision
@@ -18,6 +16,8 @@ from opsgate.core.identity.actors import Actor, Origin
 from opsgate.db.engine import Database
 from opsgate.db.models import ApprovalRequest, AuditRecord
 from opsgate.web.services import Services
+from opsgate_demo.models import Account, LedgerEntry, Payment, PaymentReversal
+from opsgate_demo.seed import DEMO_USERS
 from tests.conftest import World, demo_policy_with, services_with_policy
 from tests.step_ups import stepped_up
 

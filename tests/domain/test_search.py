@@ -7,12 +7,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from opsgate_demo.models import Account, AccountKind, Customer
-from opsgate_demo.search import SearchResults, search
 from sqlalchemy import select
 
 from opsgate.core.audit.redaction import mask_email, mask_name, mask_phone
 from opsgate.db.engine import Database
+from opsgate_demo.models import Account, AccountKind, Customer
+from opsgate_demo.search import SearchResults, search
 from tests.conftest import TestDatabase, World
 
 

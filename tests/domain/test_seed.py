@@ -5,6 +5,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from sqlalchemy import func, select
+
+from opsgate.core.actions.policy import load_policy
+from opsgate.core.clock import FrozenClock
+from opsgate.db.engine import Database
+from opsgate.db.models import User
 from opsgate_demo import seed as demo_seed
 from opsgate_demo.ledger import entries_balance
 from opsgate_demo.models import (
@@ -17,12 +23,6 @@ from opsgate_demo.models import (
     PaymentDirection,
 )
 from opsgate_demo.plugin import DEMO_POLICY
-from sqlalchemy import func, select
-
-from opsgate.core.actions.policy import load_policy
-from opsgate.core.clock import FrozenClock
-from opsgate.db.engine import Database
-from opsgate.db.models import User
 from tests.conftest import World
 from tests.registries import build_registry
 

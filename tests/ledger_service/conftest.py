@@ -13,15 +13,15 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from opsgate_demo.ledger_service.app import create_app
-from opsgate_demo.ledger_service.bootstrap import initialise
-from opsgate_demo.ledger_service.settings import LedgerSettings
-from opsgate_demo.models import Account, AccountStatus, Payment, PaymentStatus
 from pydantic import SecretStr
 from sqlalchemy import select
 
 from opsgate.core.integrations import signing
 from opsgate.db.engine import Database
+from opsgate_demo.ledger_service.app import create_app
+from opsgate_demo.ledger_service.bootstrap import initialise
+from opsgate_demo.ledger_service.settings import LedgerSettings
+from opsgate_demo.models import Account, AccountStatus, Payment, PaymentStatus
 from tests.conftest import RUN_ID, TestDatabase, World, _pg_execute, _pg_url_for
 
 SECRET = "ledger-test-secret-0123456789abcdef"

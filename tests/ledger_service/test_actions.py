@@ -8,14 +8,14 @@ from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
-from opsgate_demo.ledger_service.app import create_app
-from opsgate_demo.ledger_service.models import LedgerOperation
-from opsgate_demo.ledger_service.settings import LedgerSettings
-from opsgate_demo.models import LedgerTransaction, PaymentReversal
 from sqlalchemy import func, select
 
 from opsgate.core.integrations.signing import SignatureError, sign_v1
 from opsgate.db.engine import Database
+from opsgate_demo.ledger_service.app import create_app
+from opsgate_demo.ledger_service.models import LedgerOperation
+from opsgate_demo.ledger_service.settings import LedgerSettings
+from opsgate_demo.models import LedgerTransaction, PaymentReversal
 from tests.conftest import World
 from tests.domain.test_money import ledger_is_consistent
 from tests.ledger_service.conftest import (

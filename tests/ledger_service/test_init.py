@@ -6,13 +6,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from opsgate_demo.ledger_service.bootstrap import InitError, initialise
-from opsgate_demo.ledger_service.models import DOMAIN_TABLES, check_self_contained
 from sqlalchemy import MetaData, select
 from typer.testing import CliRunner
 
 from opsgate.cli import app
 from opsgate.db.engine import Database
+from opsgate_demo.ledger_service.bootstrap import InitError, initialise
+from opsgate_demo.ledger_service.models import DOMAIN_TABLES, check_self_contained
 from tests.conftest import TestDatabase
 
 runner = CliRunner()

@@ -7,12 +7,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from opsgate_demo.ledger_service.models import LedgerOperation
-from opsgate_demo.models import Note, Payment
 from sqlalchemy import select
 
 from opsgate.db.engine import Database
 from opsgate.db.models import ApprovalRequest, AuditRecord, BackendCall
+from opsgate_demo.ledger_service.models import LedgerOperation
+from opsgate_demo.models import Note, Payment
 from tests.domain.test_money import ledger_is_consistent
 from tests.soak.traffic import Answer
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from opsgate_demo.ledger_service.models import LedgerOperation
-from opsgate_demo.models import Account, Payment
 from sqlalchemy import select, update
 
 from opsgate.db.engine import Database
 from opsgate.db.models import ApprovalRequest
+from opsgate_demo.ledger_service.models import LedgerOperation
+from opsgate_demo.models import Account, Payment
 from tests.conftest import TestDatabase, World
 from tests.remote_stack import init_ledger, ledger_database
 from tests.soak.invariants import check
@@ -119,7 +119,6 @@ def test_a_stranded_approval_is_found(
 
 def _notes(url: str) -> int:
     from opsgate_demo.models import Note
-
     from tests.soak.invariants import count_rows
 
     return count_rows(url, Note)

@@ -17,13 +17,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from opsgate_demo.models import Account, AccountStatus, Note, Payment, PaymentStatus
 from sqlalchemy import select
 
 from opsgate.core.integrations.reconcile import reconcile
 from opsgate.db.engine import Database
 from opsgate.settings import Settings
 from opsgate.web.services import Services
+from opsgate_demo.models import Account, AccountStatus, Note, Payment, PaymentStatus
 from tests.conftest import TestDatabase, demo_policy_with
 from tests.remote_stack import LEDGER_SECRET, RemoteStack, ledger_database, remote_stack
 from tests.soak.invariants import check, count_rows

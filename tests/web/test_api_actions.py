@@ -16,9 +16,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from opsgate_demo.models import Account, AccountKind, AccountStatus, Note
-from opsgate_demo.plugin import DEMO_POLICY
-from opsgate_demo.targets import account_state
 from sqlalchemy import func, or_, select
 
 from opsgate.core.clock import FrozenClock
@@ -28,6 +25,9 @@ from opsgate.db.models import ApiToken, AuditRecord
 from opsgate.settings import Settings
 from opsgate.web.app import create_app
 from opsgate.web.services import Services
+from opsgate_demo.models import Account, AccountKind, AccountStatus, Note
+from opsgate_demo.plugin import DEMO_POLICY
+from opsgate_demo.targets import account_state
 from tests.conftest import TestDatabase, World
 
 PROBLEM = "application/problem+json"

@@ -14,7 +14,6 @@ import httpx
 import pytest
 from click.testing import Result
 from fastapi.testclient import TestClient
-from opsgate_demo.models import Account, Payment
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
@@ -31,6 +30,7 @@ from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord
 from opsgate.settings import get_settings
 from opsgate.web.services import Services
+from opsgate_demo.models import Account, Payment
 from tests.conftest import TestDatabase, World, demo_policy_with, services_with_policy
 from tests.core.test_audit_chain import (
     actor,

@@ -8,13 +8,13 @@ from typing import Any
 
 import httpx
 from fastapi.testclient import TestClient
-from opsgate_demo.models import Payment, PaymentReversal
 from sqlalchemy import func, select
 
 from opsgate.core.clock import FrozenClock
 from opsgate.db.engine import Database
 from opsgate.db.models import ApprovalRequest, IdempotencyRecord
 from opsgate.web.services import Services
+from opsgate_demo.models import Payment, PaymentReversal
 from tests.conftest import TestDatabase, World
 from tests.servers import start_server
 from tests.step_ups import step_up_header

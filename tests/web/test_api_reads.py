@@ -10,8 +10,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from opsgate_demo.models import Account, AccountKind, Customer
-from opsgate_demo.seed import DEMO_USERS
 from sqlalchemy import select
 
 from opsgate.core.actions.policy import Capability
@@ -21,6 +19,8 @@ from opsgate.core.identity.users import ensure_user
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord
 from opsgate.web.services import Services
+from opsgate_demo.models import Account, AccountKind, Customer
+from opsgate_demo.seed import DEMO_USERS
 from tests.conftest import TestDatabase, World
 
 PROBLEM = "application/problem+json"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from fastapi.testclient import TestClient
-from opsgate_demo.models import Payment
 from sqlalchemy import select
 
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord
+from opsgate_demo.models import Payment
 from tests.conftest import World
 
 

@@ -16,8 +16,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from opsgate_demo.models import Customer
-from opsgate_demo.plugin import DEMO_POLICY
 from sqlalchemy import select
 
 from opsgate.core.audit.redaction import mask_email, mask_name, mask_phone
@@ -26,6 +24,8 @@ from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord
 from opsgate.settings import Settings
 from opsgate.web.services import Services
+from opsgate_demo.models import Customer
+from opsgate_demo.plugin import DEMO_POLICY
 from tests.conftest import TestDatabase, World
 from tests.servers import Server, start_server
 

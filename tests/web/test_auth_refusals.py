@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from opsgate_demo.plugin import DEMO_POLICY
 from sqlalchemy import select
 
 from opsgate.core.clock import FrozenClock
@@ -18,6 +17,7 @@ from opsgate.db.models import AuditRecord
 from opsgate.settings import Settings
 from opsgate.web.app import create_app
 from opsgate.web.services import Services
+from opsgate_demo.plugin import DEMO_POLICY
 from tests.conftest import TestDatabase, World
 
 REQUESTS = 600

@@ -13,13 +13,13 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from opsgate_demo.seed import DEMO_USERS
 from sqlalchemy import func, select
 
 from opsgate.core.actions.policy import Capability
 from opsgate.db.engine import Database
 from opsgate.db.models import ApprovalRequest, AuditRecord
 from opsgate.web.services import Services
+from opsgate_demo.seed import DEMO_USERS
 from tests.conftest import TestDatabase, World
 from tests.core.test_metrics import Samples, labels
 from tests.servers import Server, start_server

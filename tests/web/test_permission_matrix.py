@@ -11,13 +11,13 @@ import tomllib
 from typing import Any
 
 from fastapi.testclient import TestClient
-from opsgate_demo.models import Account, AccountKind, AccountStatus
-from opsgate_demo.seed import DEMO_USERS
 from sqlalchemy import select
 
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord
 from opsgate.web.services import Services
+from opsgate_demo.models import Account, AccountKind, AccountStatus
+from opsgate_demo.seed import DEMO_USERS
 from tests.conftest import World
 
 

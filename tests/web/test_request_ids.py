@@ -12,11 +12,11 @@ import httpx
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from opsgate_demo.models import Payment, PaymentReversal
 from sqlalchemy import func, select
 
 from opsgate.db.engine import Database
 from opsgate.db.models import AuditRecord
+from opsgate_demo.models import Payment, PaymentReversal
 from tests.conftest import World
 
 Logs = Callable[[], list[dict[str, Any]]]

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from opsgate_demo.models import Note, Payment, PaymentReversal
 from sqlalchemy import func, select
 
 from opsgate.web.services import Services
+from opsgate_demo.models import Note, Payment, PaymentReversal
 from tests.conftest import World
 from tests.web.console.conftest import Browser, audit_rows, key_of
 

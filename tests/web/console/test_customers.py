@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from opsgate_demo.models import Customer
 from sqlalchemy import select
 
 from opsgate.web.services import Services
+from opsgate_demo.models import Customer
 from tests.conftest import World
 from tests.web.console.conftest import Browser, audit_rows, key_of
 

@@ -8,12 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from opsgate_demo.models import Note
 from sqlalchemy import func, select
 
 from opsgate.settings import Settings
 from opsgate.web.security import CONTENT_SECURITY_POLICY, secret_keys
 from opsgate.web.services import Services
+from opsgate_demo.models import Note
 from tests.conftest import World
 from tests.web.console.conftest import Browser, audit_rows, key_of
 

@@ -8,7 +8,6 @@ from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from opsgate_demo.plugin import DEMO_POLICY
 from sqlalchemy import select
 
 from opsgate.core.clock import FrozenClock
@@ -17,6 +16,7 @@ from opsgate.core.identity.users import find_user
 from opsgate.db.models import ApiToken
 from opsgate.settings import Settings
 from opsgate.web.services import Services
+from opsgate_demo.plugin import DEMO_POLICY
 from tests.conftest import TestDatabase, World
 from tests.web.console.conftest import PASSWORD, Browser, audit_rows, csrf_of
 
