@@ -1,8 +1,9 @@
 """Shared fixtures. Every database test runs on SQLite and on PostgreSQL through `db_url`.
 
-Each backend's schema is migrated, and the demo data seeded, once per run into a template;
-each test then gets its own copy (a file copy on SQLite, `CREATE DATABASE ... TEMPLATE` on
-PostgreSQL), so tests are isolated, may commit, and may start server processes against it.
+Each backend's schema (opsgate's, then the demo plugin's) is migrated, and the demo data
+seeded, once per run into a template; each test then gets its own copy (a file copy on
+SQLite, `CREATE DATABASE ... TEMPLATE` on PostgreSQL), so tests are isolated, may commit, and
+may start server processes against it.
 
 On PostgreSQL the template is migrated as the owner (the role of OPSGATE_TEST_POSTGRES_URL),
 and every test connects as the app role `opsgate db upgrade` grants (APP_ROLE: row rights, owns
@@ -30,8 +31,6 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from opsgate_demo import seed as demo_seed
-from opsgate_demo.plugin import DEMO_POLICY
 from sqlalchemy.engine import make_url
 
 from opsgate.core.clock import FrozenClock
@@ -43,6 +42,9 @@ from opsgate.logging import configure_logging
 from opsgate.settings import Settings
 from opsgate.web.app import create_app
 from opsgate.web.services import Services
+from opsgate_demo import seed as demo_seed
+from opsgate_demo.plugin import DEMO_POLICY
+from opsgate_demo.plugin import plugin as demo_plugin
 
 PG_URL = os.environ.get("OPSGATE_TEST_POSTGRES_URL", "")
 REQUIRE_PG = os.environ.get("OPSGATE_REQUIRE_POSTGRES") == "1"
@@ -150,7 +152,8 @@ class World:
 
 
 def _build_template(url: str, app_url: str | None = None) -> World:
-    upgrade(url)
+    # opsgate's schema, then the demo plugin's own (the suite runs with the demo enabled).
+    upgrade(url, plugins=[demo_plugin()])
     if app_url is not None:
         grant_app_role(url, app_url)
     db = Database(app_url or url)

@@ -222,14 +222,37 @@ def serve(
 
 
 @db_app.command("upgrade")
-def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+def db_upgrade(
+    revision: Annotated[str, typer.Argument()] = "head",
+    plugin: Annotated[
+        str | None,
+        typer.Option(help="Migrate only this enabled plugin's tables, to REVISION of its history."),
+    ] = None,
+) -> None:
     """Migrate the database to the latest schema, as its owner (OPSGATE_MIGRATION_DATABASE_URL,
-    else OPSGATE_DATABASE_URL). On PostgreSQL, when the app's URL names another role, that role
-    is created if missing and granted row rights only (docs/operations.md)."""
+    else OPSGATE_DATABASE_URL): opsgate's tables, then each enabled plugin's from its own
+    migrations (a REVISION other than head moves opsgate's only). On PostgreSQL, when the app's
+    URL names another role, that role is created if missing and granted row rights only
+    (docs/operations.md)."""
     settings = get_settings()
     owner_url = settings.migration_database_url or settings.database_url
-    migrate.upgrade(owner_url, revision)
-    err.print(f"database migrated to {revision}")
+    enabled = [item.plugin for item in _setup().plugins]
+    try:
+        if plugin is not None:
+            chosen = [p for p in enabled if p.name == plugin]
+            if not chosen:
+                err.print(f"no enabled plugin {plugin}", style="red", markup=False)
+                raise typer.Exit(2)
+            migrate.upgrade_plugin(owner_url, chosen[0], revision)
+            err.print(f"plugin {plugin}: migrated to {revision}", markup=False)
+        else:
+            migrate.upgrade(owner_url, revision, plugins=enabled if revision == "head" else ())
+            err.print(f"database migrated to {revision}")
+            for item in migrate.migrated_plugins(enabled if revision == "head" else ()):
+                err.print(f"plugin {item.name}: migrated to head", markup=False)
+    except migrate.PluginMigrationError as exc:
+        err.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from exc
     role = migrate.grant_app_role(owner_url, settings.database_url)
     if role is not None:
         err.print(f"app role {role}: row rights granted (no UPDATE on audit_records)")
@@ -241,6 +264,47 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
             style="yellow",
             markup=False,
         )
+
+
+@db_app.command("current")
+def db_current(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Where opsgate's schema and each enabled plugin's stand: revision and head. Exits 1
+    when any is behind its head (run `opsgate db upgrade`)."""
+    settings = get_settings()
+    enabled = [item.plugin for item in _setup().plugins]
+    try:
+        states = migrate.status(settings.migration_database_url or settings.database_url, enabled)
+    except migrate.PluginMigrationError as exc:
+        err.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from exc
+    if as_json:
+        rows = [
+            {
+                "owner": s.owner,
+                "version_table": s.version_table,
+                "current": list(s.current),
+                "heads": list(s.heads),
+                "at_head": s.at_head,
+            }
+            for s in states
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        table = Table("schema", "version table", "current", "head", "")
+        for s in states:
+            current = ", ".join(s.current) or "(none)"
+            table.add_row(
+                s.owner,
+                s.version_table,
+                current,
+                ", ".join(s.heads),
+                "ok" if s.at_head else "behind",
+            )
+        Console().print(table)
+    if not all(s.at_head for s in states):
+        raise typer.Exit(1)
 
 
 @users_app.command("create")
