@@ -266,6 +266,40 @@ def db_upgrade(
         )
 
 
+@db_app.command("revision")
+def db_revision(
+    message: Annotated[str, typer.Option("-m", "--message", help="What the revision does.")],
+    plugin: Annotated[
+        str | None, typer.Option(help="Write it into this enabled plugin's own history.")
+    ] = None,
+    autogenerate: Annotated[
+        bool, typer.Option(help="Compare the models with the database (as the owner).")
+    ] = False,
+) -> None:
+    """Write a new revision file: into opsgate's history, or into a plugin's own
+    (`<migrations>/versions`), so that a plugin's author never writes an Alembic env."""
+    settings = get_settings()
+    owner_url = settings.migration_database_url or settings.database_url
+    config = migrate.alembic_config(owner_url)
+    if plugin is not None:
+        chosen = [item.plugin for item in _setup().plugins if item.plugin.name == plugin]
+        if not chosen:
+            err.print(f"no enabled plugin {plugin}", style="red", markup=False)
+            raise typer.Exit(2)
+        try:
+            config = migrate.plugin_config(owner_url, chosen[0])
+        except migrate.PluginMigrationError as exc:
+            err.print(str(exc), style="red", markup=False)
+            raise typer.Exit(2) from exc
+    from alembic import command
+
+    script = command.revision(config, message=message, autogenerate=autogenerate)
+    scripts = script if isinstance(script, list) else [script]
+    for item in scripts:
+        if item is not None:
+            err.print(f"wrote {item.path}", markup=False)
+
+
 @db_app.command("current")
 def db_current(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,

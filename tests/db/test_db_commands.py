@@ -4,7 +4,9 @@ from its own history (SQLite and PostgreSQL, on empty databases as the owner).""
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from click.testing import Result
@@ -86,3 +88,48 @@ def test_db_upgrade_of_one_plugin_leaves_opsgate_where_it_is(
     unknown = cli_on(empty_url, "demo", "db", "upgrade", "--plugin", "nosuch")
     assert unknown.exit_code == 2
     assert "no enabled plugin nosuch" in unknown.stderr
+
+
+PLUGIN_MODULE = """
+from pathlib import Path
+
+from sqlalchemy import Column, Integer, MetaData, String, Table
+
+from opsgate.plugin import NAMING_CONVENTION, Plugin
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+Table("widgets", metadata, Column("id", Integer, primary_key=True), Column("name", String(40)))
+plugin = Plugin(name="widgets", metadata=metadata, migrations=Path(__file__).parent / "migrations")
+"""
+
+
+def test_a_plugin_author_writes_revisions_without_an_alembic_env(
+    empty_url: str,
+    cli_on: Callable[..., Result],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    package = tmp_path / f"widgets_{secrets.token_hex(3)}"
+    (package / "migrations" / "versions").mkdir(parents=True)
+    (package / "__init__.py").write_text(PLUGIN_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    enabled = f"{package.name}:plugin"
+    assert cli_on(empty_url, enabled, "db", "upgrade").exit_code == 0  # no revision yet
+
+    wrote = cli_on(
+        empty_url, enabled, "db", "revision", "--plugin", "widgets", "-m", "widgets",
+        "--autogenerate",
+    )  # fmt: skip
+    assert wrote.exit_code == 0, wrote.output
+    [revision] = (package / "migrations" / "versions").glob("*.py")
+    source = revision.read_text()
+    assert "op.create_table('widgets'" in source
+    assert "audit_records" not in source and "users" not in source  # opsgate's are not its own
+
+    assert cli_on(empty_url, enabled, "db", "upgrade").exit_code == 0
+    assert "widgets" in tables(empty_url)
+    current = cli_on(empty_url, enabled, "db", "current", "--json")
+    assert current.exit_code == 0, current.output
+    states = {row["owner"]: row for row in json.loads(current.stdout)}
+    assert states["widgets"]["version_table"] == "alembic_version_widgets"
+    assert states["widgets"]["at_head"] is True
