@@ -149,6 +149,30 @@ def _refuse_if_beyond_head() -> None:
         _refuse(found)
 
 
+def _refuse_if_schema_behind(setup: Setup) -> None:
+    """Exit 2 naming each history (opsgate's, an enabled plugin's) not at its head: serving
+    a plugin whose tables were never migrated would fail every one of its actions."""
+    try:
+        states = migrate.status(get_settings().database_url, [e.plugin for e in setup.plugins])
+    except migrate.PluginMigrationError as exc:
+        err.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from exc
+    except DBAPIError as exc:
+        err.print(f"cannot read the schema's revisions ({exc.orig})", style="red", markup=False)
+        raise typer.Exit(2) from exc
+    behind = [s for s in states if not s.at_head]
+    for state in behind:
+        current = ", ".join(state.current) or "none"
+        err.print(
+            f"refused: the {state.owner} schema is at {current}, not at its head "
+            f"{', '.join(state.heads)}: run opsgate db upgrade",
+            style="red",
+            markup=False,
+        )
+    if behind:
+        raise typer.Exit(2)
+
+
 def _policy_version() -> str | None:
     try:
         return load_policy(_setup().policy, _setup().registry).version
@@ -201,6 +225,7 @@ def serve(
     except (PolicyError, IntegrationsError) as exc:
         err.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from exc
+    _refuse_if_schema_behind(setup)
     _refuse_if_beyond_head()
     uvicorn.run(
         "opsgate.web.app:create_app",

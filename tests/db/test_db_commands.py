@@ -133,3 +133,15 @@ def test_a_plugin_author_writes_revisions_without_an_alembic_env(
     states = {row["owner"]: row for row in json.loads(current.stdout)}
     assert states["widgets"]["version_table"] == "alembic_version_widgets"
     assert states["widgets"]["at_head"] is True
+
+
+def test_serve_refuses_a_plugin_whose_tables_were_never_migrated(
+    empty_url: str, cli_on: Callable[..., Result]
+) -> None:
+    assert cli_on(empty_url, "none", "db", "upgrade").exit_code == 0
+
+    refused = cli_on(empty_url, "demo", "serve", "--port", "1")
+    assert refused.exit_code == 2, refused.output
+    assert "the demo schema is at none, not at its head demo_0001" in " ".join(
+        refused.stderr.split()
+    )
