@@ -77,7 +77,9 @@ def plugin_config(url: str, plugin: Plugin) -> Config:
     """The plugin's own history: its revisions, its metadata, its version table, opsgate's
     environment. Refused when the plugin's tables would be opsgate's."""
     if plugin.migrations is None or plugin.metadata is None:
-        raise PluginMigrationError(f"plugin {plugin.name!r} declares no migrations and metadata")
+        raise PluginMigrationError(
+            f"plugin {plugin.name!r}: migrations need both `migrations` and `metadata`"
+        )
     versions = plugin.migrations / "versions"
     if not versions.is_dir():
         raise PluginMigrationError(f"plugin {plugin.name!r}: no directory {versions}")
