@@ -1,8 +1,9 @@
 """Shared fixtures. Every database test runs on SQLite and on PostgreSQL through `db_url`.
 
-Each backend's schema is migrated, and the demo data seeded, once per run into a template;
-each test then gets its own copy (a file copy on SQLite, `CREATE DATABASE ... TEMPLATE` on
-PostgreSQL), so tests are isolated, may commit, and may start server processes against it.
+Each backend's schema (opsgate's, then the demo plugin's) is migrated, and the demo data
+seeded, once per run into a template; each test then gets its own copy (a file copy on
+SQLite, `CREATE DATABASE ... TEMPLATE` on PostgreSQL), so tests are isolated, may commit, and
+may start server processes against it.
 
 On PostgreSQL the template is migrated as the owner (the role of OPSGATE_TEST_POSTGRES_URL),
 and every test connects as the app role `opsgate db upgrade` grants (APP_ROLE: row rights, owns
@@ -43,6 +44,7 @@ from opsgate.web.app import create_app
 from opsgate.web.services import Services
 from opsgate_demo import seed as demo_seed
 from opsgate_demo.plugin import DEMO_POLICY
+from opsgate_demo.plugin import plugin as demo_plugin
 
 # The kit a team uses (installed opsgate registers it itself, under this same name).
 pytest_plugins = ["opsgate.testing"]
@@ -153,7 +155,8 @@ class World:
 
 
 def _build_template(url: str, app_url: str | None = None) -> World:
-    upgrade(url)
+    # opsgate's schema, then the demo plugin's own (the suite runs with the demo enabled).
+    upgrade(url, plugins=[demo_plugin()])
     if app_url is not None:
         grant_app_role(url, app_url)
     db = Database(app_url or url)

@@ -198,6 +198,30 @@ def _refuse_if_beyond_head() -> None:
         _refuse(found)
 
 
+def _refuse_if_schema_behind(setup: Setup) -> None:
+    """Exit 2 naming each history (opsgate's, an enabled plugin's) not at its head: serving
+    a plugin whose tables were never migrated would fail every one of its actions."""
+    try:
+        states = migrate.status(get_settings().database_url, [e.plugin for e in setup.plugins])
+    except migrate.PluginMigrationError as exc:
+        err.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from exc
+    except DBAPIError as exc:
+        err.print(f"cannot read the schema's revisions ({exc.orig})", style="red", markup=False)
+        raise typer.Exit(2) from exc
+    behind = [s for s in states if not s.at_head]
+    for state in behind:
+        current = ", ".join(state.current) or "none"
+        err.print(
+            f"refused: the {state.owner} schema is at {current}, not at its head "
+            f"{', '.join(state.heads)}: run opsgate db upgrade",
+            style="red",
+            markup=False,
+        )
+    if behind:
+        raise typer.Exit(2)
+
+
 def _policy_version() -> str | None:
     try:
         return load_policy(_setup().policy, _setup().registry).version
@@ -251,6 +275,7 @@ def serve(
     except (PolicyError, IntegrationsError) as exc:
         err.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from exc
+    _refuse_if_schema_behind(setup)
     _refuse_if_beyond_head()
     uvicorn.run(
         "opsgate.web.app:create_app",
@@ -272,14 +297,37 @@ def serve(
 
 
 @db_app.command("upgrade")
-def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+def db_upgrade(
+    revision: Annotated[str, typer.Argument()] = "head",
+    plugin: Annotated[
+        str | None,
+        typer.Option(help="Migrate only this enabled plugin's tables, to REVISION of its history."),
+    ] = None,
+) -> None:
     """Migrate the database to the latest schema, as its owner (OPSGATE_MIGRATION_DATABASE_URL,
-    else OPSGATE_DATABASE_URL). On PostgreSQL, when the app's URL names another role, that role
-    is created if missing and granted row rights only (docs/operations.md)."""
+    else OPSGATE_DATABASE_URL): opsgate's tables, then each enabled plugin's from its own
+    migrations (a REVISION other than head moves opsgate's only). On PostgreSQL, when the app's
+    URL names another role, that role is created if missing and granted row rights only
+    (docs/operations.md)."""
     settings = get_settings()
     owner_url = settings.migration_database_url or settings.database_url
-    migrate.upgrade(owner_url, revision)
-    err.print(f"database migrated to {revision}")
+    enabled = [item.plugin for item in _setup().plugins]
+    try:
+        if plugin is not None:
+            chosen = [p for p in enabled if p.name == plugin]
+            if not chosen:
+                err.print(f"no enabled plugin {plugin}", style="red", markup=False)
+                raise typer.Exit(2)
+            migrate.upgrade_plugin(owner_url, chosen[0], revision)
+            err.print(f"plugin {plugin}: migrated to {revision}", markup=False)
+        else:
+            migrate.upgrade(owner_url, revision, plugins=enabled if revision == "head" else ())
+            err.print(f"database migrated to {revision}")
+            for item in migrate.migrated_plugins(enabled if revision == "head" else ()):
+                err.print(f"plugin {item.name}: migrated to head", markup=False)
+    except migrate.PluginMigrationError as exc:
+        err.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from exc
     role = migrate.grant_app_role(owner_url, settings.database_url)
     if role is not None:
         err.print(f"app role {role}: row rights granted (no UPDATE on audit_records)")
@@ -291,6 +339,81 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
             style="yellow",
             markup=False,
         )
+
+
+@db_app.command("revision")
+def db_revision(
+    message: Annotated[str, typer.Option("-m", "--message", help="What the revision does.")],
+    plugin: Annotated[
+        str | None, typer.Option(help="Write it into this enabled plugin's own history.")
+    ] = None,
+    autogenerate: Annotated[
+        bool, typer.Option(help="Compare the models with the database (as the owner).")
+    ] = False,
+) -> None:
+    """Write a new revision file: into opsgate's history, or into a plugin's own
+    (`<migrations>/versions`), so that a plugin's author never writes an Alembic env."""
+    settings = get_settings()
+    owner_url = settings.migration_database_url or settings.database_url
+    config = migrate.alembic_config(owner_url)
+    if plugin is not None:
+        chosen = [item.plugin for item in _setup().plugins if item.plugin.name == plugin]
+        if not chosen:
+            err.print(f"no enabled plugin {plugin}", style="red", markup=False)
+            raise typer.Exit(2)
+        try:
+            config = migrate.plugin_config(owner_url, chosen[0])
+        except migrate.PluginMigrationError as exc:
+            err.print(str(exc), style="red", markup=False)
+            raise typer.Exit(2) from exc
+    from alembic import command
+
+    script = command.revision(config, message=message, autogenerate=autogenerate)
+    scripts = script if isinstance(script, list) else [script]
+    for item in scripts:
+        if item is not None:
+            err.print(f"wrote {item.path}", markup=False)
+
+
+@db_app.command("current")
+def db_current(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Where opsgate's schema and each enabled plugin's stand: revision and head. Exits 1
+    when any is behind its head (run `opsgate db upgrade`)."""
+    settings = get_settings()
+    enabled = [item.plugin for item in _setup().plugins]
+    try:
+        states = migrate.status(settings.migration_database_url or settings.database_url, enabled)
+    except migrate.PluginMigrationError as exc:
+        err.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from exc
+    if as_json:
+        rows = [
+            {
+                "owner": s.owner,
+                "version_table": s.version_table,
+                "current": list(s.current),
+                "heads": list(s.heads),
+                "at_head": s.at_head,
+            }
+            for s in states
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        table = Table("schema", "version table", "current", "head", "")
+        for s in states:
+            current = ", ".join(s.current) or "(none)"
+            table.add_row(
+                s.owner,
+                s.version_table,
+                current,
+                ", ".join(s.heads),
+                "ok" if s.at_head else "behind",
+            )
+        Console().print(table)
+    if not all(s.at_head for s in states):
+        raise typer.Exit(1)
 
 
 @users_app.command("create")

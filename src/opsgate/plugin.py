@@ -176,8 +176,10 @@ class Plugin:
 
     - `target_kinds`, `actions`: registered like opsgate's own (their names must not clash);
     - `search`, `views`: search providers and record views (console and API);
-    - `metadata`, `migrations`: the plugin's own tables and the directory of its Alembic
-      revisions, migrated by `opsgate db upgrade` into its own version table;
+    - `metadata`, `migrations`: the plugin's own tables and a directory whose `versions/`
+      holds its Alembic revisions (no env.py: opsgate's runs them with `metadata`; write
+      them with `opsgate db revision --plugin NAME`), migrated by `opsgate db upgrade`
+      after opsgate's own into the version table `alembic_version_<name>`;
     - `policy`: the policy file used when `OPSGATE_POLICY` is unset and this is the only
       enabled plugin that ships one; `integrations`, likewise for `OPSGATE_INTEGRATIONS`;
     - `declarations`: a declarative file (target kinds and actions bound to a service, no

@@ -29,6 +29,8 @@ REFUSED = {
     "rewrite an audit record": "UPDATE audit_records SET reason = 'x' WHERE seq = 1",
     "empty the audit trail": "TRUNCATE audit_records",
     "change the migration history": "UPDATE alembic_version SET version_num = '0001'",
+    "change a plugin's migration history": "DELETE FROM alembic_version_demo",
+    "change a plugin's table": "ALTER TABLE payments DROP CONSTRAINT ck_payments_amount_positive",
     "add a trigger of its own": (
         "CREATE TRIGGER t BEFORE INSERT ON audit_records "
         "FOR EACH ROW EXECUTE FUNCTION opsgate_audit_append_only()"
@@ -109,6 +111,13 @@ def test_db_upgrade_migrates_as_the_owner_and_grants_the_app_role(
             with db.writing() as session:
                 entry = AuditEntry(action="test.probe", result=AuditResult.SUCCEEDED)
                 record(session, entry, actor=None, origin=Origin("p"), policy_version=None, now=NOW)
+                # The enabled demo plugin's tables were migrated too, with the same row rights.
+                session.execute(
+                    text(
+                        "INSERT INTO ledger_transactions (id, kind, memo, posted_at) "
+                        "VALUES ('ltx_probe', 'probe', 'm', now())"
+                    )
+                )
                 session.commit()
             with db.reading() as session:
                 owners = set(
