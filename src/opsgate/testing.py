@@ -55,6 +55,8 @@ from opsgate.core.identity.users import ensure_user
 from opsgate.core.request_ids import new_request_id
 from opsgate.db.migrate import upgrade
 from opsgate.db.models import ApprovalRequest, AuditRecord
+from opsgate.plugin import Plugin
+from opsgate.plugins import discover
 from opsgate.settings import Settings
 from opsgate.web.services import Services
 
@@ -207,23 +209,30 @@ class _Templates:
 
     tmp: pytest.TempPathFactory
     run: str = field(default_factory=lambda: secrets.token_hex(4))
-    sqlite: Path | None = None
-    postgres: str | None = None
+    # One template per choice of plugins (their tables come from their own migrations).
+    sqlite: dict[str | None, Path] = field(default_factory=dict)
+    postgres: dict[str | None, str] = field(default_factory=dict)
 
-    def sqlite_copy(self, directory: Path) -> str:
-        if self.sqlite is None:
-            self.sqlite = self.tmp.mktemp("opsgate-template") / "template.db"
-            upgrade(f"sqlite:///{self.sqlite}")
+    def sqlite_copy(self, directory: Path, plugins: str | None) -> str:
+        if plugins not in self.sqlite:
+            template = self.tmp.mktemp("opsgate-template") / "template.db"
+            upgrade(f"sqlite:///{template}", plugins=_migrated(plugins))
+            self.sqlite[plugins] = template
         path = directory / "opsgate.db"
-        shutil.copyfile(self.sqlite, path)
+        shutil.copyfile(self.sqlite[plugins], path)
         return f"sqlite:///{path}"
 
-    def postgres_template(self, url: str) -> str:
-        if self.postgres is None:
-            self.postgres = f"opsgate_testing_{self.run}_template"
-            _pg(url, f'CREATE DATABASE "{self.postgres}"')
-            upgrade(_pg_database(url, self.postgres))
-        return self.postgres
+    def postgres_template(self, url: str, plugins: str | None) -> str:
+        if plugins not in self.postgres:
+            name = f"opsgate_testing_{self.run}_template{len(self.postgres)}"
+            _pg(url, f'CREATE DATABASE "{name}"')
+            upgrade(_pg_database(url, name), plugins=_migrated(plugins))
+            self.postgres[plugins] = name
+        return self.postgres[plugins]
+
+
+def _migrated(plugins: str | None) -> list[Plugin]:
+    return [enabled.plugin for enabled in discover(plugins)]
 
 
 @pytest.fixture(scope="session")
@@ -231,18 +240,22 @@ def _opsgate_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Te
     templates = _Templates(tmp_path_factory)
     yield templates
     url = os.environ.get(POSTGRES_URL_VARIABLE)
-    if url and templates.postgres is not None:
-        _pg(url, f'DROP DATABASE IF EXISTS "{templates.postgres}" WITH (FORCE)')
+    if url:
+        for name in templates.postgres.values():
+            _pg(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
-def opsgate_database_url(_opsgate_templates: _Templates, tmp_path: Path) -> Iterator[str]:
-    """A database migrated by opsgate's migrations, private to this test."""
+def opsgate_database_url(
+    _opsgate_templates: _Templates, tmp_path: Path, opsgate_plugins: str | None
+) -> Iterator[str]:
+    """A database migrated by opsgate's migrations and the enabled plugins' own, private to
+    this test."""
     url = os.environ.get(POSTGRES_URL_VARIABLE)
     if not url:
-        yield _opsgate_templates.sqlite_copy(tmp_path)
+        yield _opsgate_templates.sqlite_copy(tmp_path, opsgate_plugins)
         return
-    template = _opsgate_templates.postgres_template(url)
+    template = _opsgate_templates.postgres_template(url, opsgate_plugins)
     name = f"opsgate_testing_{_opsgate_templates.run}_{secrets.token_hex(4)}"
     _pg(url, f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
     try:
