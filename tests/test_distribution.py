@@ -227,20 +227,6 @@ def test_a_plugin_named_in_opsgate_plugins_brings_its_actions_and_policy(
     assert "widget.pokes" in refused.stdout + refused.stderr
 
 
-# On this branch opsgate itself still depends on the demo, each coupling being removed by
-# another change of issue #13: migrations 0001/0003 create the demo's tables, and the console's
-# customer pages and the record search import `opsgate_demo` (so `opsgate serve` without the
-# demo installed stops with ModuleNotFoundError). Strict: the day a coupling is gone its test
-# passes, fails as XPASS, and its mark must go.
-DEMO_TABLES_IN_MIGRATIONS = pytest.mark.xfail(
-    reason="migrations 0001/0003 still create the demo's tables (issue #13)", strict=True
-)
-SERVE_IMPORTS_DEMO = pytest.mark.xfail(
-    reason="web/console and web/api/search.py still import opsgate_demo (issue #13)",
-    strict=True,
-)
-
-
 def _tables(path: Path) -> set[str]:
     with sqlite3.connect(path) as connection:
         rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
@@ -260,7 +246,6 @@ def test_the_installed_wheel_migrates(migrated: Path) -> None:
     assert {"alembic_version", "audit_records", "users", "approval_requests"} <= _tables(migrated)
 
 
-@DEMO_TABLES_IN_MIGRATIONS
 def test_opsgate_alone_creates_no_demo_tables(migrated: Path) -> None:
     tables = _tables(migrated)
     assert not {"customers", "accounts", "payments", "notes"} & tables, sorted(tables)
@@ -303,7 +288,6 @@ def served(installed: Installed, migrated: Path, tmp_path: Path) -> Iterator[str
         log.close()
 
 
-@SERVE_IMPORTS_DEMO
 def test_the_installed_server_serves_console_and_api_docs(served: str) -> None:
     assert httpx.get(f"{served}/api/v1/healthz", timeout=5).status_code == 200
     # Templates: the sign-in page renders; static files and the vendored Swagger UI are there.
