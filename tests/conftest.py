@@ -30,8 +30,6 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from opsgate_demo import seed as demo_seed
-from opsgate_demo.plugin import DEMO_POLICY
 from sqlalchemy.engine import make_url
 
 from opsgate.core.clock import FrozenClock
@@ -43,6 +41,8 @@ from opsgate.logging import configure_logging
 from opsgate.settings import Settings
 from opsgate.web.app import create_app
 from opsgate.web.services import Services
+from opsgate_demo import seed as demo_seed
+from opsgate_demo.plugin import DEMO_POLICY
 
 PG_URL = os.environ.get("OPSGATE_TEST_POSTGRES_URL", "")
 REQUIRE_PG = os.environ.get("OPSGATE_REQUIRE_POSTGRES") == "1"
@@ -326,6 +326,8 @@ def services_with_policy(services: Services, policy_text: str) -> Services:
         gateway,
         Approvals(gateway),
         services.integrations,
+        services.plugins,
+        services.records,
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from opsgate.core.audit.redaction import mask_email, mask_name, mask_phone
+from opsgate.plugin import mask_email, mask_name, mask_phone
 from opsgate_demo.models import Account, AccountKind, Customer, Note, Payment
 
 _ID = re.compile(r"^(cus|acc|pay)_([0-9a-z]{26})$", re.IGNORECASE)

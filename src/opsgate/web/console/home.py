@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from opsgate_demo import search as records
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -17,7 +16,7 @@ from opsgate.core.actions.policy import Capability
 from opsgate.core.approvals.states import ApprovalStatus
 from opsgate.db.models import ApprovalRequest, AuditRecord
 from opsgate.web.api.approvals import summary
-from opsgate.web.api.search import audited_search
+from opsgate.web.api.search import Found, audited_search
 from opsgate.web.console.auth import ConsoleRoute, Viewer, ViewerDep, require
 from opsgate.web.console.rendering import render
 from opsgate.web.deps import OriginDep, ServicesDep
@@ -88,10 +87,14 @@ async def search(
     form = await request.form()
     query = str(form.get("q") or "").strip()[:MAX_QUERY]
 
-    def run() -> records.SearchResults:
+    def run() -> Found:
         require(services, viewer, Capability.RECORDS_SEARCH, request)
         # Limited, masked and audited as the API's search is (one function for both).
         return audited_search(services, viewer.actor, origin, query, limit=SEARCH_LIMIT)
 
     found = await run_in_threadpool(run)
-    return render(request, "search.html", {"query": query, "found": found, "total": found.total})
+    groups: dict[str, list[Any]] = {}
+    for hit in found.hits:
+        groups.setdefault(services.records.collection(hit.kind), []).append(hit)
+    context = {"query": query, "groups": groups, "total": found.total}
+    return render(request, "search.html", context | {"page_of": services.records.page})
