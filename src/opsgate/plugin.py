@@ -193,6 +193,7 @@ class Plugin:
 
     - `target_kinds`, `actions`: registered like opsgate's own (their names must not clash);
     - `search`, `views`: search providers and record views (console and API);
+      `search_hint`, one sentence under the console's search box saying what they find;
     - `metadata`, `migrations`: the plugin's own tables and the directory of its Alembic
       revisions, migrated by `opsgate db upgrade` into its own version table;
     - `policy`: the policy file used when `OPSGATE_POLICY` is unset and this is the only
@@ -209,6 +210,7 @@ class Plugin:
     target_kinds: Sequence[TargetKind] = ()
     actions: Sequence[ActionSpec] = ()
     search: Sequence[SearchProvider] = ()
+    search_hint: str = ""
     views: Sequence[RecordView] = ()
     metadata: MetaData | None = None
     migrations: Path | None = None

@@ -218,6 +218,10 @@ def payment_within(ctx: ReadContext, ident: str) -> str | None:
 
 
 SEARCH = (DemoSearch(),)
+SEARCH_HINT = (
+    "Customers by the whole email address, the whole phone number or its last four digits, "
+    "or a name; customers, accounts and payments by ID (cus_…, acc_…, pay_…)."
+)
 VIEWS = (
     RecordView(
         "customer",

@@ -48,6 +48,7 @@ class Catalogue:
     providers: tuple[SearchProvider, ...] = ()
     views: Mapping[str, RecordView] = field(default_factory=dict)
     owner: Mapping[str, str] = field(default_factory=dict)
+    hints: tuple[str, ...] = ()
 
     def view(self, kind: str) -> RecordView | None:
         return self.views.get(kind)
@@ -65,6 +66,14 @@ class Catalogue:
         for provider in self.providers:
             kinds.extend(k for k in provider.kinds if k not in kinds)
         return kinds
+
+    def search_label(self) -> str:
+        """What the search box is for: `Find a customer, account or payment`."""
+        kinds = [kind.replace("_", " ") for kind in self.searched_kinds()]
+        if not kinds:
+            return "Find a record"
+        listed = kinds[0] if len(kinds) == 1 else f"{', '.join(kinds[:-1])} or {kinds[-1]}"
+        return f"Find a {listed}"
 
     def page(self, kind: str, ident: str) -> str | None:
         """The console page of a record (None: no view for its kind)."""
@@ -87,12 +96,15 @@ def catalogue(enabled: Sequence[Enabled], registry: Registry) -> Catalogue:
     view clashes with another, names a reserved collection, or reveals through an action
     that is not a read action on its kind."""
     providers: list[SearchProvider] = []
+    hints: list[str] = []
     views: dict[str, RecordView] = {}
     owner: dict[str, str] = {}
     collections: dict[str, str] = {}
     for item in enabled:
         name = item.plugin.name
         providers.extend(item.plugin.search)
+        if item.plugin.search and item.plugin.search_hint:
+            hints.append(item.plugin.search_hint)
         for view in item.plugin.views:
             if view.kind in views:
                 raise PluginError(name, f"a second record view of kind {view.kind!r}")
@@ -114,7 +126,7 @@ def catalogue(enabled: Sequence[Enabled], registry: Registry) -> Catalogue:
                     )
             views[view.kind] = view
             owner[view.kind] = name
-    return Catalogue(tuple(providers), views, owner)
+    return Catalogue(tuple(providers), views, owner, tuple(hints))
 
 
 def record_answer(record: Record, pages: Catalogue) -> dict[str, Any]:

@@ -195,6 +195,8 @@ def test_the_console_finds_and_shows_it_masked_until_an_audited_reveal(
     services: Services, browser: Callable[..., Browser]
 ) -> None:
     b = browser("alice")  # support_agent: may reveal
+    home = b.get("/console").text
+    assert "Find a customer, account, payment or ticket" in home  # every provider's kinds
     results = b.post("/console/search", {"q": "not arriving"})
     assert results.status_code == 200
     assert 'href="/console/records/ticket/tkt_1"' in results.text

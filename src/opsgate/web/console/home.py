@@ -77,7 +77,13 @@ def _home(services: Services, viewer: Viewer) -> dict[str, Any]:
 
 @router.get("")
 def home(request: Request, viewer: ViewerDep, services: ServicesDep) -> Response:
-    return render(request, "home.html", _home(services, viewer) | {"query": ""})
+    return render(request, "home.html", _home(services, viewer) | search_box(services, ""))
+
+
+def search_box(services: Services, query: str) -> dict[str, Any]:
+    """What the search box shows: what it finds (from the enabled plugins) and the query."""
+    box = {"label": services.records.search_label(), "hints": services.records.hints}
+    return {"query": query, "search": box}
 
 
 @router.post("/search")
@@ -96,5 +102,5 @@ async def search(
     groups: dict[str, list[Any]] = {}
     for hit in found.hits:
         groups.setdefault(services.records.collection(hit.kind), []).append(hit)
-    context = {"query": query, "groups": groups, "total": found.total}
+    context = search_box(services, query) | {"groups": groups, "total": found.total}
     return render(request, "search.html", context | {"page_of": services.records.page})
