@@ -180,6 +180,27 @@ def test_the_plugins_record_reads_generically_masked_and_audited(
     assert (audited.target, audited.request_id) == ("ticket:tkt_1", body["request_id"])
 
 
+def test_the_api_reveals_only_through_the_audited_action(
+    client: TestClient, world: World, services: Services
+) -> None:
+    path = "/api/v1/records/ticket/tkt_1/reveal"
+    assert client.get(path, headers=world.auth("alice")).status_code == 405  # never a GET
+    refused = client.post(path, json={"reason": "curious"}, headers=world.auth("audrey"))
+    assert (refused.status_code, refused.json()["code"]) == (403, "forbidden")
+    no_reason = client.post(path, json={}, headers=world.auth("alice"))
+    assert no_reason.status_code == 422, no_reason.text
+    assert EMAIL not in refused.text + no_reason.text
+    revealed = client.post(path, json={"reason": "customer called"}, headers=world.auth("alice"))
+    assert revealed.status_code == 200, revealed.text
+    assert revealed.headers["cache-control"] == "no-store"
+    body = revealed.json()
+    assert body["revealed"] is True
+    assert next(f["value"] for f in body["fields"] if f["name"] == "contact") == EMAIL
+    results = [r.result for r in audit_rows(services, action="ticket.view_contact")]
+    assert sorted(results) == ["denied", "invalid", "succeeded"]
+    assert EMAIL not in json.dumps([str(r.outcome) for r in audit_rows(services)])
+
+
 @pytest.mark.parametrize("path", ["/records/ticket/tkt_404", "/records/parcel/p1"])
 def test_an_unknown_kind_or_id_is_a_404_problem_with_the_request_id(
     client: TestClient, world: World, path: str

@@ -1,16 +1,19 @@
 """`/records/{kind}/{id}` (and `/<collection>/{id}` for a view that names one, e.g. the demo's
 `/customers/{id}`): any plugin's record, shown generically. Personal data comes masked (the
-full values only through the view's audited reveal action); every read is audited as
-`records.read`, as the console's page is.
+full values only through the view's reveal action, `POST /records/{kind}/{id}/reveal`,
+run through the gateway); every read is audited as `records.read`, as the console's page is.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from opsgate.core.actions.gateway import Replayed
 from opsgate.core.audit.records import AuditEntry, AuditResult
 from opsgate.core.errors import NotFound
 from opsgate.core.identity.actors import Actor, Origin
@@ -89,6 +92,52 @@ async def record(
     """A record of any kind a plugin shows: labelled fields (`pii` ones masked: in full only
     through the view's audited reveal action), related targets, tables."""
     return await _answer(request, services, actor, origin, kind, record_id)
+
+
+@router.post(
+    "/records/{kind}/{record_id}/reveal",
+    responses={
+        200: {"description": "The record with its `pii` fields in full (`revealed: true`)"},
+        202: {"description": "The reveal waits for approval: `{status, approval_id}`"},
+    },
+)
+async def reveal(
+    kind: str,
+    record_id: str,
+    request: Request,
+    services: ServicesDep,
+    actor: Searcher,
+    origin: OriginDep,
+) -> JSONResponse:
+    """Body `{"reason": "…"}`. Runs the view's reveal action through the gateway (its
+    permission, the reason, the audit record) and answers the record with its personal data in
+    full, for this answer only: nothing of it is stored."""
+    raw = await request.body()
+
+    def run() -> JSONResponse:
+        view = view_of(services, kind)
+        if view.reveal is None:
+            raise NotFound(f"Nothing of a {kind[:64]} can be revealed.")
+        try:
+            asked = json.loads(raw or b"{}")
+        except ValueError:
+            asked = {}
+        reason = asked.get("reason") if isinstance(asked, dict) else None
+        envelope: dict[str, Any] = {
+            "target": f"{kind}:{record_id}",
+            "payload": {},
+            "reason": reason,
+        }
+        result = services.gateway.submit(actor, view.reveal, envelope, origin)
+        assert not isinstance(result, Replayed)  # no idempotency key: nothing is kept
+        if result.approval_id is not None:
+            held = {"status": "pending_approval", "approval_id": result.approval_id}
+            return JSONResponse({"request_id": origin.request_id} | held, status_code=202)
+        record = read_record(services, actor, None, view, record_id, reveal_pii=True)
+        answer = record_answer(record, services.records) | {"revealed": True}
+        return JSONResponse({"request_id": origin.request_id} | answer)
+
+    return await run_in_threadpool(run)
 
 
 def _collection_route(kind: str) -> Any:
