@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from opsgate.core.actions.registry import Registry, RiskClass, TargetRef
 from opsgate.plugin import Record, RecordView, SearchProvider
@@ -80,9 +81,10 @@ class Catalogue:
         view = self.views.get(kind)
         if view is None:
             return None
+        # A plugin's IDs may hold any character: a path segment of its own.
         if view.collection:
-            return f"/console/{view.collection}/{ident}"
-        return f"/console/records/{kind}/{ident}"
+            return f"/console/{view.collection}/{quote(ident, safe='')}"
+        return f"/console/records/{kind}/{quote(ident, safe='')}"
 
     def template(self, kind: str) -> str:
         view = self.views[kind]

@@ -103,4 +103,4 @@ async def search(
     for hit in found.hits:
         groups.setdefault(services.records.collection(hit.kind), []).append(hit)
     context = search_box(services, query) | {"groups": groups, "total": found.total}
-    return render(request, "search.html", context | {"page_of": services.records.page})
+    return render(request, "search.html", context | {"record_page": services.records.page})

@@ -29,6 +29,7 @@ from opsgate.web.console.forms import fields_for, new_idempotency_key
 from opsgate.web.console.outcomes import Outcome
 from opsgate.web.console.rendering import render, request_id
 from opsgate.web.deps import OriginDep, ServicesDep
+from opsgate.web.records import page_of
 from opsgate.web.services import Services
 
 router = APIRouter(route_class=ConsoleRoute)
@@ -111,7 +112,7 @@ def _page(
         "forms": forms,
         "actions_by_kind": by_kind,
         "activity": _activity(services, record),
-        "page_of": services.records.page,
+        "page_of": lambda target: page_of(services.records, target),
         "outcome": outcome,
     }
     if view.context is not None:
