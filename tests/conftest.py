@@ -332,6 +332,8 @@ def services_with_policy(services: Services, policy_text: str) -> Services:
         gateway,
         Approvals(gateway),
         services.integrations,
+        services.plugins,
+        services.records,
     )
 
 

@@ -104,6 +104,8 @@ class SearchHit:
     id: str
     label: str
     fields: Mapping[str, Any] = field(default_factory=dict)
+    # One line the console shows beside the label (a balance, a status): display text only.
+    detail: str = ""
 
     @property
     def target(self) -> str:
@@ -113,10 +115,13 @@ class SearchHit:
 @dataclass(frozen=True)
 class SearchResults:
     """What a provider found. `term_kind` says what the query was taken for (an ID, an
-    email, a name…): it is what the audit trail records instead of the term itself."""
+    email, a name…): it is what the audit trail records instead of the term itself, with a
+    keyed hash of `term`, the query as the provider matched it (normalised, so that one
+    person typed two ways has one hash; the query stripped when None)."""
 
     hits: Sequence[SearchHit] = ()
     term_kind: str | None = None
+    term: str | None = None
 
     @property
     def total(self) -> int:
@@ -124,7 +129,9 @@ class SearchResults:
 
 
 class SearchProvider(Protocol):
-    """Backs the console search and `GET /api/v1/search` for the kinds it names."""
+    """Backs the console search and `GET /api/v1/search` for the kinds it names. opsgate
+    checks the capability, counts and audits the search; `search` only finds, and must
+    return personal data masked (`mask_*`) whatever `ctx.reveal_pii` says."""
 
     name: str
     kinds: Sequence[str]
@@ -160,14 +167,27 @@ class Record:
 
 @dataclass(frozen=True)
 class RecordView:
-    """How the console and the API show one target kind: `read(ctx, id)` returns the Record
-    (None: no such record). A console panel may render it with the plugin's own template
-    (`template`, found in `Plugin.templates`) and extra context (`context(ctx, id)`)."""
+    """How the console and the API show one target kind.
+
+    - `read(ctx, id)`: the Record, None when there is none. Fields marked `pii` must be
+      masked unless `ctx.reveal_pii` (set only after the `reveal` action ran);
+    - `collection`: a URL name (`customers`): the record is also at `/console/<collection>/<id>`
+      and `/api/v1/<collection>/<id>`, and search answers group this kind under it;
+    - `reveal`: the name of a read action on this kind (through the gateway: permissioned,
+      with a reason, audited) that unlocks the `pii` fields for one page;
+    - `template`, `context(ctx, id)`: a console panel of the plugin's own, a template in
+      `Plugin.templates` given the generic context plus what `context` returns;
+    - `within(ctx, id)`: the `kind:id` target whose page shows this record as a row; the
+      console's page of this record sends the browser there (to `#<kind>-<id>`).
+    """
 
     kind: str
     read: Callable[[ReadContext, str], Record | None]
+    collection: str | None = None
+    reveal: str | None = None
     template: str | None = None
     context: Callable[[ReadContext, str], Mapping[str, Any] | None] | None = None
+    within: Callable[[ReadContext, str], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +196,7 @@ class Plugin:
 
     - `target_kinds`, `actions`: registered like opsgate's own (their names must not clash);
     - `search`, `views`: search providers and record views (console and API);
+      `search_hint`, one sentence under the console's search box saying what they find;
     - `metadata`, `migrations`: the plugin's own tables and a directory whose `versions/`
       holds its Alembic revisions (no env.py: opsgate's runs them with `metadata`; write
       them with `opsgate db revision --plugin NAME`), migrated by `opsgate db upgrade`
@@ -194,6 +215,7 @@ class Plugin:
     target_kinds: Sequence[TargetKind] = ()
     actions: Sequence[ActionSpec] = ()
     search: Sequence[SearchProvider] = ()
+    search_hint: str = ""
     views: Sequence[RecordView] = ()
     metadata: MetaData | None = None
     migrations: Path | None = None

@@ -10,6 +10,7 @@ from opsgate.plugin import Plugin, Registry
 from opsgate_demo.actions import ACTIONS
 from opsgate_demo.money import MONEY_ACTIONS
 from opsgate_demo.targets import TARGET_KINDS
+from opsgate_demo.views import SEARCH, SEARCH_HINT, VIEWS
 
 HERE = Path(__file__).parent
 DEMO_POLICY = HERE / "policy.toml"
@@ -33,6 +34,9 @@ def plugin() -> Plugin:
         version=_version(),
         target_kinds=TARGET_KINDS,
         actions=(*ACTIONS, *MONEY_ACTIONS),
+        search=SEARCH,
+        search_hint=SEARCH_HINT,
+        views=VIEWS,
         metadata=metadata,
         migrations=HERE / "migrations",
         policy=DEMO_POLICY,

@@ -194,38 +194,3 @@ def latest_notes(session: Session, customer_id: str, *, limit: int) -> list[Note
             .limit(limit)
         )
     )
-
-
-def customer_overview(session: Session, customer_id: str) -> dict[str, Any] | None:
-    """A customer's record as an operator first sees it (name, email and phone masked as on
-    the console's page), with their accounts, latest payments and notes; None when there is
-    no such customer."""
-    customer = session.get(Customer, customer_id)
-    if customer is None:
-        return None
-    accounts = customer_accounts(session, customer.id)
-    payments = latest_payments(session, [a.id for a in accounts], limit=100)
-    notes = latest_notes(session, customer.id, limit=50)
-    return {
-        "customer": _customer(customer)
-        | {"kyc_status": customer.kyc_status, "created_at": customer.created_at.isoformat()},
-        "accounts": [_account(a) | {"blocked_reason": a.blocked_reason} for a in accounts],
-        "payments": [
-            _payment(p)
-            | {
-                "status": p.status,
-                "reversed_minor": p.reversed_minor,
-                "counterparty": p.counterparty,
-            }
-            for p in payments
-        ],
-        "notes": [
-            {
-                "id": n.id,
-                "author": n.author_name,
-                "created_at": n.created_at.isoformat(),
-                "text": n.text,
-            }
-            for n in notes
-        ],
-    }

@@ -16,7 +16,17 @@ from opsgate.core.metrics import mark_process_dead
 from opsgate.logging import configure_logging
 from opsgate.settings import Settings, get_settings, refuse_unsafe_production
 from opsgate.web import console, docs, problems
-from opsgate.web.api import actions, approvals, audit, controls, health, metrics, search, step_up
+from opsgate.web.api import (
+    actions,
+    approvals,
+    audit,
+    controls,
+    health,
+    metrics,
+    records,
+    search,
+    step_up,
+)
 from opsgate.web.bounded_input import BoundedInputMiddleware
 from opsgate.web.deps import refusals_of
 from opsgate.web.middleware import RequestContextMiddleware
@@ -83,14 +93,15 @@ def create_app(
     )
     app.state.services = services
     problems.install(app)
-    for module in (actions, approvals, audit, controls, search, health, step_up):
+    for module in (actions, approvals, audit, controls, search, records, health, step_up):
         app.include_router(module.router, prefix="/api/v1")
+    records.install(app, services)  # `/api/v1/<collection>/{id}` of the plugins' views
     app.include_router(metrics.router)  # `/metrics` for scrapers, and under /api/v1
     if settings.bench_endpoints:  # uncontrolled twins of plugin actions, for `make bench` only
         for item in services.plugins:
             if item.plugin.bench_router is not None:
                 app.include_router(item.plugin.bench_router)
-    console.install(app, settings)
+    console.install(app, settings, services)
     docs.install(app)
     # Outermost last: request context (ID, logs), then security headers on every response,
     # then the body bounded and checked before any route, or its authentication, runs.

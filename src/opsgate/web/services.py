@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from opsgate import __version__
@@ -22,6 +22,7 @@ from opsgate.core.tracing import new_trace_id
 from opsgate.db.engine import Database
 from opsgate.plugins import Enabled, load_setup
 from opsgate.settings import Settings
+from opsgate.web.records import Catalogue, catalogue
 
 
 @dataclass
@@ -35,6 +36,8 @@ class Services:
     approvals: Approvals
     integrations: Integrations = NO_INTEGRATIONS
     plugins: tuple[Enabled, ...] = ()
+    # The plugins' search providers and record views (web/records.py).
+    records: Catalogue = field(default_factory=Catalogue)
 
     @classmethod
     def build(
@@ -42,8 +45,7 @@ class Services:
     ) -> Services:
         """Load and validate the policy and the integrations, open the database; raise
         PolicyError, IntegrationsError or PluginError naming every problem. Write transactions are
-        bounded
-        by the database timeouts, except for `maintenance` (bulk deletes by the CLI)."""
+        bounded by the database timeouts, except for `maintenance` (bulk deletes by the CLI)."""
         setup = load_setup(
             settings.plugins, settings.policy, settings.integrations, settings.declarations
         )
@@ -71,7 +73,16 @@ class Services:
             fault=settings.fault_injection,
         )
         return cls(
-            settings, db, registry, policy, clock, gateway, approvals, integrations, setup.plugins
+            settings,
+            db,
+            registry,
+            policy,
+            clock,
+            gateway,
+            approvals,
+            integrations,
+            setup.plugins,
+            catalogue(setup.plugins, registry),
         )
 
     def record_startup(self) -> None:

@@ -16,25 +16,35 @@ from opsgate.web.console import (
     actions,
     approvals,
     audit,
-    customers,
     home,
     metrics,
     oidc,
+    records,
     sign_in,
     tokens,
 )
 from opsgate.web.console.auth import csrf_protect
 from opsgate.web.console.state import STATIC, ConsoleState
+from opsgate.web.services import Services
 
 
-def install(app: FastAPI, settings: Settings) -> None:
-    """Mount the console at `/console` (and redirect `/` to it). Every console route checks
-    CSRF on unsafe methods: the dependency is attached here, once, to all of them."""
-    app.state.console = ConsoleState.build(settings)
+def install(app: FastAPI, settings: Settings, services: Services) -> None:
+    """Mount the console at `/console` (and redirect `/` to it), with the plugins' record
+    pages and templates. Every console route checks CSRF on unsafe methods: the dependency is
+    attached here, once, to all of them."""
+    templates = {
+        item.plugin.name: item.plugin.templates
+        for item in services.plugins
+        if item.plugin.templates is not None
+    }
+    app.state.console = ConsoleState.build(settings, templates)
     oidc.install(app, settings)
-    for module in (sign_in, oidc, home, customers, actions, approvals, audit, metrics, tokens):
+    modules = (sign_in, oidc, home, records, actions, approvals, audit, metrics, tokens)
+    routers = [module.router for module in modules]
+    routers.append(records.collection_router(services))
+    for router in routers:
         app.include_router(
-            module.router,
+            router,
             prefix="/console",
             dependencies=[Depends(csrf_protect)],
             include_in_schema=False,

@@ -16,7 +16,7 @@ from opsgate.core.actions.policy import Capability
 from opsgate.core.approvals.states import ApprovalStatus
 from opsgate.db.models import ApprovalRequest, AuditRecord
 from opsgate.web.api.approvals import summary
-from opsgate.web.api.search import audited_search
+from opsgate.web.api.search import Found, audited_search
 from opsgate.web.console.auth import ConsoleRoute, Viewer, ViewerDep, require
 from opsgate.web.console.rendering import render
 from opsgate.web.deps import OriginDep, ServicesDep
@@ -78,7 +78,13 @@ def _home(services: Services, viewer: Viewer) -> dict[str, Any]:
 
 @router.get("")
 def home(request: Request, viewer: ViewerDep, services: ServicesDep) -> Response:
-    return render(request, "home.html", _home(services, viewer) | {"query": ""})
+    return render(request, "home.html", _home(services, viewer) | search_box(services, ""))
+
+
+def search_box(services: Services, query: str) -> dict[str, Any]:
+    """What the search box shows: what it finds (from the enabled plugins) and the query."""
+    box = {"label": services.records.search_label(), "hints": services.records.hints}
+    return {"query": query, "search": box}
 
 
 @router.post("/search")
@@ -88,10 +94,14 @@ async def search(
     form = await request.form()
     query = str(form.get("q") or "").strip()[:MAX_QUERY]
 
-    def run() -> records.SearchResults:
+    def run() -> Found:
         require(services, viewer, Capability.RECORDS_SEARCH, request)
         # Limited, masked and audited as the API's search is (one function for both).
         return audited_search(services, viewer.actor, origin, query, limit=SEARCH_LIMIT)
 
     found = await run_in_threadpool(run)
-    return render(request, "search.html", {"query": query, "found": found, "total": found.total})
+    groups: dict[str, list[Any]] = {}
+    for hit in found.hits:
+        groups.setdefault(services.records.collection(hit.kind), []).append(hit)
+    context = search_box(services, query) | {"groups": groups, "total": found.total}
+    return render(request, "search.html", context | {"record_page": services.records.page})

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PrefixLoader, StrictUndefined
 
 from opsgate.core.audit import redaction
 from opsgate.core.identity.console_sessions import SessionRules
@@ -23,10 +24,14 @@ TEMPLATES = Path(__file__).parent.parent / "templates"
 STATIC = Path(__file__).parent.parent / "static"
 
 
-def templates() -> Environment:
-    """Jinja2 with autoescaping on for every template (and for strings rendered directly)."""
+def templates(plugins: Mapping[str, Path] | None = None) -> Environment:
+    """Jinja2 with autoescaping on for every template (and for strings rendered directly).
+    A plugin's templates are found under its name (`demo/customer.html`) and may extend
+    opsgate's own (`base.html`, `_macros.html`)."""
+    own = FileSystemLoader(TEMPLATES)
+    by_plugin = {name: FileSystemLoader(path) for name, path in (plugins or {}).items()}
     env = Environment(
-        loader=FileSystemLoader(TEMPLATES),
+        loader=ChoiceLoader([own, PrefixLoader(by_plugin)]) if by_plugin else own,
         autoescape=True,
         undefined=StrictUndefined,
         trim_blocks=True,
@@ -56,7 +61,7 @@ class ConsoleState:
     cookie_secure: bool | None
 
     @classmethod
-    def build(cls, settings: Settings) -> ConsoleState:
+    def build(cls, settings: Settings, plugins: Mapping[str, Path] | None = None) -> ConsoleState:
         rules = SessionRules(
             idle_timeout=timedelta(minutes=settings.console_idle_timeout_minutes),
             absolute_timeout=timedelta(hours=settings.console_absolute_timeout_hours),
@@ -67,7 +72,9 @@ class ConsoleState:
                 key=derived_key(settings, "opsgate.console.typed-username"),
             ),
         )
-        return cls(Signing(secret_keys(settings)), templates(), rules, settings.cookie_secure)
+        return cls(
+            Signing(secret_keys(settings)), templates(plugins), rules, settings.cookie_secure
+        )
 
 
 def derived_key(settings: Settings, purpose: str) -> bytes:
