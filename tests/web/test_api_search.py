@@ -1,6 +1,7 @@
 """Personal data around `/search` and `/customers/{id}` (the demo's customer view, a generic
-record answer): answers masked as the console masks them (full data only through the audited `customer.view_pii` action), no search term in the
-audit trail (a keyed hash, its kind and length instead), and probing limited and flagged."""
+record answer): answers masked as the console masks them (full data only through the
+audited `customer.view_pii` action), no search term in the audit trail (a keyed hash, its
+kind and length instead), and probing limited and flagged."""
 
 from __future__ import annotations
 

@@ -30,7 +30,6 @@ from opsgate.settings import Settings
 from opsgate.web.deps import OriginDep, ServicesDep, require
 from opsgate.web.security import secret_keys
 from opsgate.web.services import Services
-from opsgate_demo import search as records
 
 router = APIRouter(tags=["search"])
 

@@ -30,7 +30,7 @@ from opsgate.web.console.forms import (
 )
 from opsgate.web.console.outcomes import Outcome
 from opsgate.web.console.rendering import render
-from opsgate.web.console.targets import TargetSummary, target_summary
+from opsgate.web.console.targets import TargetSummary, summary_of
 from opsgate.web.deps import OriginDep, ServicesDep
 from opsgate.web.services import Services
 
@@ -46,8 +46,7 @@ def _spec(services: Services, name: str) -> ActionSpec:
 
 
 def _target(services: Services, spec: ActionSpec, target: str) -> TargetSummary:
-    with services.db.reading() as session:
-        summary = target_summary(session, services.registry, services.records, target)
+    summary = summary_of(services, target)
     if summary is None or summary.state is None:
         raise HTTPException(404, f"No {target[:128]} exists.")
     if summary.ref.kind != spec.target_kind:
@@ -187,8 +186,7 @@ async def submit_action(
         # The gateway refuses what this viewer may not do, and unsafe text (audited); the
         # page then shows nothing of the target to a viewer who may not see it.
         if may_see_target(services, viewer, spec) and not unsafe_character(target):
-            with services.db.reading() as session:
-                summary = target_summary(session, services.registry, services.records, target)
+            summary = summary_of(services, target)
         fields = fields_for(spec, summary.state if summary else None)
         submission = read_submission(fields, values)
         outcome = _submit(services, viewer, spec, submission, origin)

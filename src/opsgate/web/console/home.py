@@ -21,7 +21,6 @@ from opsgate.web.console.auth import ConsoleRoute, Viewer, ViewerDep, require
 from opsgate.web.console.rendering import render
 from opsgate.web.deps import OriginDep, ServicesDep
 from opsgate.web.services import Services
-from opsgate_demo import search as records
 
 router = APIRouter(route_class=ConsoleRoute)
 
